@@ -1,0 +1,110 @@
+"""What a strategy sees and how it acts: the :class:`StrategyContext`.
+
+A strategy reads books and the kernel clock (the local receive time of the event being
+processed), draws randomness only from ``ctx.rng`` (seeded by the session), and acts
+only by calling context methods, each of which becomes a journaled event.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from kernel.book import L2Book
+from kernel.events import Decision, Event, MarketEvent, Trade
+from kernel.instruments import Instrument
+
+if TYPE_CHECKING:
+    from kernel.engine import Engine
+
+
+@runtime_checkable
+class StrategyLike(Protocol):
+    """The shape the engine needs; :mod:`strategies.base` documents it for authors."""
+
+    name: str
+
+    def on_start(self, ctx: StrategyContext) -> None: ...
+
+    def on_market(self, ctx: StrategyContext, event: MarketEvent) -> None: ...
+
+    def on_timer(self, ctx: StrategyContext, name: str) -> None: ...
+
+    def snapshot_state(self) -> bytes: ...
+
+    def restore_state(self, state: bytes) -> None: ...
+
+
+class StrategyContext:
+    """The strategy's window onto the kernel. Created by the engine; not shared."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def now(self) -> int:
+        """Kernel clock in ns: local receive time of the current event or timer."""
+        return self._engine.now
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The session's seeded generator (PCG64); the only randomness allowed."""
+        return self._engine.rng
+
+    @property
+    def session_id(self) -> str:
+        return self._engine.session_id
+
+    def book(self, exchange: str, symbol: str) -> L2Book | None:
+        return self._engine.books.get(f"{exchange}:{symbol}")
+
+    def instrument(self, exchange: str, symbol: str) -> Instrument:
+        return self._engine.instruments.get(exchange, symbol)
+
+    def last_trade(self, exchange: str, symbol: str) -> Trade | None:
+        return self._engine.last_trades.get(f"{exchange}:{symbol}")
+
+    def decide(
+        self,
+        exchange: str,
+        symbol: str,
+        action: str,
+        reasoning: str,
+        features: tuple[tuple[str, float], ...] = (),
+        confidence: float = 0.0,
+        model_id: str = "",
+    ) -> str:
+        """Journal a decision with its reasoning; returns its ``decision_id``."""
+        eng = self._engine
+        eng.decisions += 1
+        decision_id = f"{eng.session_id}:d{eng.decisions}"
+        now = eng.now
+        eng.emit(
+            Decision(
+                ts_event=now,
+                ts_recv=now,
+                decision_id=decision_id,
+                strategy=eng.strategy_name,
+                exchange=exchange,
+                symbol=symbol,
+                action=action,
+                reasoning=reasoning,
+                features=features,
+                model_id=model_id,
+                confidence=confidence,
+            )
+        )
+        return decision_id
+
+    def set_timer(self, at_ns: int, name: str) -> None:
+        """Call ``on_timer(ctx, name)`` at kernel time ``at_ns`` (before any later input)."""
+        self._engine.set_timer(at_ns, name)
+
+
+def emit_all(ctx: StrategyContext, events: list[Event]) -> None:
+    """Emit ready-made kernel events (used by later layers such as execution)."""
+    for ev in events:
+        ctx._engine.emit(ev)

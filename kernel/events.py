@@ -1,0 +1,439 @@
+"""Every event the system knows, as frozen tagged msgspec Structs in one union.
+
+Conventions (all events):
+
+* ``ts_event``: exchange time (market events) or kernel-clock time of creation
+  (kernel and system events), integer nanoseconds since the Unix epoch.
+* ``ts_recv``: local receive time in ns. Kernel-made events take it from the kernel
+  clock too; the wall clock never enters the kernel.
+* Prices and sizes are integers in the instrument's precision (see
+  :mod:`kernel.instruments`); money is in MONEY units (1e-8 quote); funding rates in
+  RATE units (1e-10). Features and confidences are floats.
+* Encoded as msgpack arrays whose first element is the tag. Schema evolution: add
+  fields only at the end and with defaults; never reuse or rename a tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import ClassVar, Literal
+
+import msgspec
+
+Side = Literal["buy", "sell"]
+"""For trades, the aggressor's side: ``buy`` lifted the ask, ``sell`` hit the bid."""
+
+Level = tuple[int, int]
+"""One price level: (price units, absolute size units). Size 0 deletes the level."""
+
+
+class Event(msgspec.Struct, frozen=True, array_like=True, gc=False, tag_field="k"):
+    """Base of every event. ``PRIORITY`` orders events that share a timestamp."""
+
+    ts_event: int
+    ts_recv: int
+
+    PRIORITY: ClassVar[int] = 5
+
+
+# ---------------------------------------------------------------------------------------
+# Market events
+# ---------------------------------------------------------------------------------------
+
+
+class MarketEvent(Event, frozen=True):
+    """An event from a venue. ``seq`` is the source's own sequence (0 when it has none)."""
+
+    exchange: str
+    symbol: str
+    seq: int
+
+
+class BookSnapshot(MarketEvent, frozen=True, tag="BookSnapshot"):
+    """The whole visible book: it replaces every level. Bids best first, asks best first."""
+
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+
+    PRIORITY: ClassVar[int] = 3
+
+
+class BookDelta(MarketEvent, frozen=True, tag="BookDelta"):
+    """One exchange message of absolute level sizes; size 0 deletes the level."""
+
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+
+    PRIORITY: ClassVar[int] = 3
+
+
+class Trade(MarketEvent, frozen=True, tag="Trade"):
+    """A print. ``side`` is the aggressor's side."""
+
+    trade_id: str
+    price: int
+    size: int
+    side: Side
+
+    PRIORITY: ClassVar[int] = 2
+
+
+class FundingRate(MarketEvent, frozen=True, tag="FundingRate"):
+    """A perp's funding rate (RATE units, 1e-10) and the next funding time (ns, 0 if unknown)."""
+
+    rate: int
+    next_funding_ts: int = 0
+
+    PRIORITY: ClassVar[int] = 1
+
+
+class MarkPrice(MarketEvent, frozen=True, tag="MarkPrice"):
+    """Mark and index price of a perp (price units; index 0 if not sent)."""
+
+    mark_price: int
+    index_price: int = 0
+
+    PRIORITY: ClassVar[int] = 1
+
+
+class News(Event, frozen=True, tag="News"):
+    """A headline from a news source; ``symbols`` are normalised symbols it concerns."""
+
+    source: str
+    headline: str
+    url: str = ""
+    symbols: tuple[str, ...] = ()
+    body: str = ""
+
+    PRIORITY: ClassVar[int] = 4
+
+
+# ---------------------------------------------------------------------------------------
+# Kernel events (made by the kernel, journaled in the session stream)
+# ---------------------------------------------------------------------------------------
+
+OrderType = Literal["market", "limit", "stop_loss", "take_profit"]
+TimeInForce = Literal["GTC", "IOC", "FOK", "POST_ONLY"]
+Liquidity = Literal["maker", "taker"]
+
+
+class Decision(Event, frozen=True, tag="Decision"):
+    """A strategy's decision, with the reasoning and inputs that made it.
+
+    ``action`` is the field's own word (``buy``, ``sell``, ``hold``, ``cancel``,
+    ``quote``); ``features`` are the named inputs (floats) the reasoning refers to.
+    """
+
+    decision_id: str
+    strategy: str
+    exchange: str
+    symbol: str
+    action: str
+    reasoning: str
+    features: tuple[tuple[str, float], ...] = ()
+    model_id: str = ""
+    confidence: float = 0.0
+
+
+class OrderSubmitted(Event, frozen=True, tag="OrderSubmitted"):
+    """The strategy sent an order; it reaches the venue after the entry latency."""
+
+    order_id: str
+    decision_id: str
+    exchange: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    size: int
+    price: int = 0
+    time_in_force: TimeInForce = "GTC"
+    trigger_price: int = 0
+    reduce_only: bool = False
+
+
+class OrderAccepted(Event, frozen=True, tag="OrderAccepted"):
+    order_id: str
+
+
+class OrderRejected(Event, frozen=True, tag="OrderRejected"):
+    order_id: str
+    reason: str
+
+
+class OrderCancelled(Event, frozen=True, tag="OrderCancelled"):
+    order_id: str
+    reason: str = ""
+    remaining: int = 0
+
+
+class OrderExpired(Event, frozen=True, tag="OrderExpired"):
+    order_id: str
+    remaining: int = 0
+
+
+class Fill(Event, frozen=True, tag="Fill"):
+    """A (possibly partial) fill of one of our orders at the simulated venue.
+
+    ``fee`` in MONEY units; ``queue_ahead`` the size still ahead of us when it filled;
+    ``impact_bp`` the price impact attributed to it; ``latency_ns`` submit -> fill.
+    """
+
+    fill_id: str
+    order_id: str
+    exchange: str
+    symbol: str
+    side: Side
+    price: int
+    size: int
+    fee: int
+    liquidity: Liquidity
+    queue_ahead: int = 0
+    toxic: bool = False
+    impact_bp: float = 0.0
+    latency_ns: int = 0
+
+
+class FundingPayment(Event, frozen=True, tag="FundingPayment"):
+    """Funding settled on a perp position; ``amount`` is MONEY received (negative: paid)."""
+
+    exchange: str
+    symbol: str
+    rate: int
+    position: int
+    amount: int
+
+
+class RiskEvent(Event, frozen=True, tag="RiskEvent"):
+    """A risk-layer action: a breaker level change, a limit hit, a re-entry stage, a refusal."""
+
+    rule: str
+    level: str
+    detail: str
+    stage: int = 0
+
+
+class Halt(Event, frozen=True, tag="Halt"):
+    """Kill switch: cancel all, flatten and refuse new orders until a Resume."""
+
+    reason: str
+    source: str = "operator"
+
+
+class Resume(Event, frozen=True, tag="Resume"):
+    reason: str
+    source: str = "operator"
+
+
+class DataQuality(Event, frozen=True, tag="DataQuality"):
+    """A market event failed a validation rule (e.g. a crossed book).
+
+    ``rejected`` means the event was not applied; ``detail`` names the values.
+    """
+
+    rule: str
+    exchange: str
+    symbol: str
+    detail: str
+    rejected: bool = True
+    source_seq: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# System events
+# ---------------------------------------------------------------------------------------
+
+
+class SessionStarted(Event, frozen=True, tag="SessionStarted"):
+    """Everything needed to re-run a session: config hash, seed, code, inputs."""
+
+    session_id: str
+    mode: str
+    config_hash: str
+    seed: int
+    code_version: str
+    strategy: str
+    input_from: int
+    input_to: int
+    exchanges: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()
+    config_json: str = ""
+
+
+class SessionEnded(Event, frozen=True, tag="SessionEnded"):
+    session_id: str
+    state_hash: str
+    events_in: int
+    outputs: int
+
+
+class Heartbeat(Event, frozen=True, tag="Heartbeat"):
+    """Advances ``stream``'s watermark to ``ts_recv`` when it carries no data."""
+
+    stream: str
+
+    PRIORITY: ClassVar[int] = 0
+
+
+class Connectivity(Event, frozen=True, tag="Connectivity"):
+    exchange: str
+    symbol: str
+    status: Literal["up", "down", "resync"]
+    reason: str = ""
+
+    PRIORITY: ClassVar[int] = 0
+
+
+class LateEvent(Event, frozen=True, tag="LateEvent"):
+    """An input that arrived after its stream's watermark had passed it; not applied.
+
+    ``payload`` is the late event, encoded; ``watermark`` the merged watermark then.
+    """
+
+    stream: str
+    kind: str
+    lateness_ns: int
+    watermark: int
+    payload: bytes
+
+
+class ModelLoaded(Event, frozen=True, tag="ModelLoaded"):
+    model_id: str
+    weights_hash: str
+    frozen_verified: bool
+
+
+class Alert(Event, frozen=True, tag="Alert"):
+    severity: Literal["info", "warning", "critical"]
+    rule: str
+    message: str
+
+
+AnyEvent = (
+    BookSnapshot
+    | BookDelta
+    | Trade
+    | FundingRate
+    | MarkPrice
+    | News
+    | Decision
+    | OrderSubmitted
+    | OrderAccepted
+    | OrderRejected
+    | OrderCancelled
+    | OrderExpired
+    | Fill
+    | FundingPayment
+    | RiskEvent
+    | Halt
+    | Resume
+    | DataQuality
+    | SessionStarted
+    | SessionEnded
+    | Heartbeat
+    | Connectivity
+    | LateEvent
+    | ModelLoaded
+    | Alert
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    BookSnapshot,
+    BookDelta,
+    Trade,
+    FundingRate,
+    MarkPrice,
+    News,
+    Decision,
+    OrderSubmitted,
+    OrderAccepted,
+    OrderRejected,
+    OrderCancelled,
+    OrderExpired,
+    Fill,
+    FundingPayment,
+    RiskEvent,
+    Halt,
+    Resume,
+    DataQuality,
+    SessionStarted,
+    SessionEnded,
+    Heartbeat,
+    Connectivity,
+    LateEvent,
+    ModelLoaded,
+    Alert,
+)
+
+MARKET_KINDS: frozenset[str] = frozenset(
+    {"BookSnapshot", "BookDelta", "Trade", "FundingRate", "MarkPrice", "News"}
+)
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
+
+
+class EventDecodeError(ValueError):
+    """Bytes that are not a valid event of a known kind."""
+
+
+def kind_of(event: Event) -> str:
+    """The event's tag (``"BookDelta"``)."""
+    return str(type(event).__struct_config__.tag)
+
+
+def encode(event: Event) -> bytes:
+    """The one wire format (Kafka payloads and journal rows): msgpack."""
+    return _ENCODER.encode(event)
+
+
+def decode(payload: bytes) -> AnyEvent:
+    try:
+        return _DECODER.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(str(exc)) from exc
+
+
+def decoder() -> msgspec.msgpack.Decoder[AnyEvent]:
+    """The shared decoder, for hot loops that want to bind ``.decode`` once."""
+    return _DECODER
+
+
+def to_builtins(event: Event) -> dict[str, object]:
+    """A JSON-friendly dict with field names (bytes become base64)."""
+    out: dict[str, object] = {"kind": kind_of(event)}
+    for name in event.__struct_fields__:
+        out[name] = msgspec.to_builtins(getattr(event, name))
+    return out
+
+
+def _digest(*parts: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(len(p).to_bytes(4, "little"))
+        h.update(p)
+    return h.digest()
+
+
+def event_id(event: Event, stream: str = "", source_seq: int | None = None) -> bytes:
+    """Deterministic 16-byte id, so a re-delivered message is recognised as the same.
+
+    * Market events with a source sequence: hash of (kind, exchange, symbol, seq).
+    * Any event given ``source_seq`` (e.g. the n-th output of a session): hash of
+      (stream, kind, source_seq).
+    * Otherwise: hash of (kind, encoded content).
+    """
+    kind = kind_of(event).encode()
+    if source_seq is not None:
+        return _digest(b"s", stream.encode(), kind, str(source_seq).encode())
+    if isinstance(event, MarketEvent) and event.seq:
+        return _digest(
+            b"m", kind, event.exchange.encode(), event.symbol.encode(), str(event.seq).encode()
+        )
+    return _digest(b"c", kind, encode(event))
+
+
+def order_key(event: Event) -> tuple[int, int, str, str, int]:
+    """The canonical total order: (ts_recv, priority, exchange, symbol, source seq)."""
+    if isinstance(event, MarketEvent):
+        return (event.ts_recv, event.PRIORITY, event.exchange, event.symbol, event.seq)
+    return (event.ts_recv, event.PRIORITY, "", "", 0)

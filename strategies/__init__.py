@@ -1,0 +1,26 @@
+"""Strategies and the registry that builds one from config by name."""
+
+from __future__ import annotations
+
+from kernel.config import StrategyConfig
+from strategies.base import BaseStrategy, Strategy
+from strategies.imbalance import ImbalanceStrategy
+
+STRATEGIES = {"imbalance": ImbalanceStrategy}
+
+
+def build_strategy(config: StrategyConfig) -> Strategy | None:
+    """The configured strategy, or None for ``name: none`` (market replay only)."""
+    if config.name == "none":
+        if config.params:
+            raise ValueError("strategy 'none' takes no params")
+        return None
+    try:
+        cls = STRATEGIES[config.name]
+    except KeyError:
+        known = ", ".join(["none", *sorted(STRATEGIES)])
+        raise ValueError(f"unknown strategy {config.name!r}; known: {known}") from None
+    return cls.from_params(dict(config.params))
+
+
+__all__ = ["STRATEGIES", "BaseStrategy", "ImbalanceStrategy", "Strategy", "build_strategy"]
