@@ -56,7 +56,9 @@ def _explain(exc: msgspec.ValidationError, file: Path) -> ConfigError:
         msg = msg[: m.start()]
     unknown = re.match(r"Object contains unknown field `([^`]*)`", msg)
     if unknown:
-        key = f"{where}.{unknown.group(1)}" if where and where != "<top level>" else unknown.group(1)
+        key = (
+            f"{where}.{unknown.group(1)}" if where and where != "<top level>" else unknown.group(1)
+        )
         return ConfigError(f"{file}: unknown key `{key}`")
     return ConfigError(f"{file}: {msg}" + (f" (at `{where}`)" if where else ""))
 
@@ -86,9 +88,7 @@ def load_config(
         except InstrumentError as exc:
             raise ConfigError(f"{file}: {exc}") from exc
     unexpected = sorted(
-        p.name
-        for p in directory.glob("*.yaml")
-        if p.stem not in {f.name for f in fields}
+        p.name for p in directory.glob("*.yaml") if p.stem not in {f.name for f in fields}
     )
     if unexpected:
         raise ConfigError(
@@ -98,7 +98,8 @@ def load_config(
     config = AppConfig(**sections)
     if env.get("TICKERML_JOURNAL_DSN"):
         config = msgspec.structs.replace(
-            config, timescale=msgspec.structs.replace(config.timescale, dsn=env["TICKERML_JOURNAL_DSN"])
+            config,
+            timescale=msgspec.structs.replace(config.timescale, dsn=env["TICKERML_JOURNAL_DSN"]),
         )
     if env.get("TICKERML_KAFKA_BOOTSTRAP"):
         config = msgspec.structs.replace(

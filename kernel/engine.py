@@ -43,10 +43,10 @@ _NONE: tuple[Event, ...] = ()
 
 class EngineState(msgspec.Struct, frozen=True, array_like=True):
     """Everything the engine knows, canonically ordered: what snapshot() writes and
-    state_hash() hashes."""
+    state_hash() hashes. The session id is identity, not state: two sessions over the
+    same inputs with the same config and seed have the same state hash."""
 
     version: int
-    session_id: str
     now: int
     events_in: int
     rows_in: int
@@ -135,7 +135,9 @@ class Engine:
         if ts >= self.now:
             self.now = ts
         else:
-            self._quality(event, "clock_regression", f"ts_recv {ts} < kernel clock {self.now}", False)
+            self._quality(
+                event, "clock_regression", f"ts_recv {ts} < kernel clock {self.now}", False
+            )
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)
@@ -173,7 +175,9 @@ class Engine:
             except InstrumentError as exc:
                 self._quality(ev, "unknown_instrument", str(exc), True)
                 return None
-            book = self.books[key] = L2Book(inst.exchange, inst.symbol, inst.tick_size, inst.lot_size)
+            book = self.books[key] = L2Book(
+                inst.exchange, inst.symbol, inst.tick_size, inst.lot_size
+            )
         return book
 
     def _on_delta(self, ev: BookDelta) -> None:
@@ -295,7 +299,6 @@ class Engine:
             books.append((key, b.ts_event, b.seq, bids, asks))
         return EngineState(
             version=STATE_VERSION,
-            session_id=self.session_id,
             now=self.now,
             events_in=self.events_in,
             rows_in=self.rows_in,
@@ -329,7 +332,6 @@ class Engine:
         st = msgspec.msgpack.decode(snapshot, type=EngineState)
         if st.version != STATE_VERSION:
             raise ValueError(f"snapshot version {st.version} != engine version {STATE_VERSION}")
-        self.session_id = st.session_id
         self.now = st.now
         self.events_in = st.events_in
         self.rows_in = st.rows_in

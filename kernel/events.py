@@ -406,30 +406,35 @@ def to_builtins(event: Event) -> dict[str, object]:
     return out
 
 
-def _digest(*parts: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for p in parts:
-        h.update(len(p).to_bytes(4, "little"))
-        h.update(p)
-    return h.digest()
+def time_prefixed_id(ts: int, identity: bytes) -> bytes:
+    """16 bytes: big-endian ``ts`` (8) + blake2b-64 of ``identity`` (8).
+
+    The time prefix makes ids of new events sort after old ones, so the journal's unique
+    index is appended to at its end instead of at random places (several times faster).
+    """
+    return (ts & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big") + hashlib.blake2b(
+        identity, digest_size=8
+    ).digest()
 
 
 def event_id(event: Event, stream: str = "", source_seq: int | None = None) -> bytes:
     """Deterministic 16-byte id, so a re-delivered message is recognised as the same.
 
-    * Market events with a source sequence: hash of (kind, exchange, symbol, seq).
-    * Any event given ``source_seq`` (e.g. the n-th output of a session): hash of
-      (stream, kind, source_seq).
-    * Otherwise: hash of (kind, encoded content).
+    ``ts_event`` (8 bytes, big-endian) followed by an 8-byte hash of the identity:
+
+    * any event given ``source_seq`` (e.g. the n-th output of a session):
+      (stream, kind, source_seq);
+    * market events with a source sequence: (kind, exchange, symbol, seq);
+    * otherwise: (kind, encoded content).
     """
-    kind = kind_of(event).encode()
+    kind = kind_of(event)
     if source_seq is not None:
-        return _digest(b"s", stream.encode(), kind, str(source_seq).encode())
-    if isinstance(event, MarketEvent) and event.seq:
-        return _digest(
-            b"m", kind, event.exchange.encode(), event.symbol.encode(), str(event.seq).encode()
-        )
-    return _digest(b"c", kind, encode(event))
+        identity = f"s|{stream}|{kind}|{source_seq}".encode()
+    elif isinstance(event, MarketEvent) and event.seq:
+        identity = f"m|{kind}|{event.exchange}|{event.symbol}|{event.seq}".encode()
+    else:
+        identity = b"c|" + encode(event)
+    return time_prefixed_id(event.ts_event, identity)
 
 
 def order_key(event: Event) -> tuple[int, int, str, str, int]:

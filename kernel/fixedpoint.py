@@ -20,6 +20,9 @@ RATE_DECIMALS = 10
 
 RATE_SCALE = 10**RATE_DECIMALS
 
+POW10: tuple[int, ...] = tuple(10**k for k in range(40))
+"""Powers of ten as ints (``10**k`` with a variable ``k`` is typed Any by mypy)."""
+
 
 class FixedPointError(ValueError):
     """A decimal text could not be represented exactly at the requested precision."""
@@ -96,8 +99,8 @@ def notional(price: int, price_decimals: int, size: int, size_decimals: int) -> 
     shift = MONEY_DECIMALS - price_decimals - size_decimals
     raw = price * size
     if shift >= 0:
-        return raw * 10**shift
-    q = abs(raw) // 10**-shift
+        return raw * POW10[shift]
+    q = abs(raw) // POW10[-shift]
     return q if raw >= 0 else -q
 
 

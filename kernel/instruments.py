@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from kernel.fixedpoint import format_fixed, notional, parse_fixed, to_decimal
+from kernel.fixedpoint import POW10, format_fixed, notional, parse_fixed, to_decimal
 
 InstrumentKind = Literal["spot", "perp"]
 
@@ -105,7 +105,7 @@ class Instrument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def price_float(self, units: int) -> float:
         """For features and models only; never for book, order or money state."""
-        return units / 10**self.price_decimals
+        return units / POW10[self.price_decimals]
 
 
 def normalise_symbol(base: str, quote: str, kind: InstrumentKind) -> str:

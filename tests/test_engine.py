@@ -30,8 +30,13 @@ B = ("KRAKEN", "BTC-USDT")
 
 def inst(exchange: str) -> Instrument:
     return Instrument(
-        exchange=exchange, symbol="BTC-USDT", kind="spot", base="BTC", quote="USDT",
-        price_decimals=1, size_decimals=3,
+        exchange=exchange,
+        symbol="BTC-USDT",
+        kind="spot",
+        base="BTC",
+        quote="USDT",
+        price_decimals=1,
+        size_decimals=3,
     )
 
 
@@ -44,7 +49,9 @@ def delta(t: int, where: tuple[str, str], bids=(), asks=()) -> BookDelta:  # typ
 
 def golden_events() -> list[Event]:
     return [
-        BookSnapshot(500, 1000, *A, 1, ((600000, 100), (599990, 200)), ((600010, 100), (600020, 300))),
+        BookSnapshot(
+            500, 1000, *A, 1, ((600000, 100), (599990, 200)), ((600010, 100), (600020, 300))
+        ),
         delta(2000, A, bids=[(600000, 400)]),
         Trade(2500, 3000, *A, 3, "t1", 600010, 40, "buy"),
         delta(4000, A, asks=[(600010, 60)]),
@@ -68,11 +75,13 @@ def golden_events() -> list[Event]:
 
 
 def golden_engine() -> Engine:
-    strat = ImbalanceStrategy(levels=1, threshold=0.6, exit_threshold=0.2, cooldown_ms=0, jitter_ms=0)
+    strat = ImbalanceStrategy(
+        levels=1, threshold=0.6, exit_threshold=0.2, cooldown_ms=0, jitter_ms=0
+    )
     return Engine(EngineConfig(), INSTRUMENTS, strat, seed=7, session_id="golden")
 
 
-GOLDEN_STATE_HASH = "080407f77b4089489bed6322e72d6e2f31f41e348760434598a776fd9418e3de"
+GOLDEN_STATE_HASH = "08c30cb8b02d7790fd978f7ecd6457777701614ea83d764e86e3a9c804aa45c8"
 
 
 def test_golden_sequence_exact_values() -> None:
@@ -105,7 +114,10 @@ def test_golden_sequence_exact_values() -> None:
         "microprice 60000.800 vs mid 60000.50; signal hold -> buy"
     )
     assert dict(decisions[0].features) == {
-        "imbalance": 0.6, "microprice": 60000.8, "mid": 60000.5, "threshold": 0.6,
+        "imbalance": 0.6,
+        "microprice": 60000.8,
+        "mid": 60000.5,
+        "threshold": 0.6,
     }
     # (400 - 300) / 700 = 0.142857...
     assert decisions[1].reasoning.startswith("|imbalance(1)|=0.143 <= exit 0.20")
@@ -173,8 +185,14 @@ def test_timers_fire_in_time_order_before_later_inputs() -> None:
     eng.apply(delta(3000, A, bids=[(10, 2)]))
     eng.apply(delta(4000, A, bids=[(10, 3)]))
     # a timer due exactly at an input's time fires before that input
-    assert strat.log == [("event", 1000), ("a", 1500), ("b", 2500), ("c", 3000), ("event", 3000),
-                         ("event", 4000)]
+    assert strat.log == [
+        ("event", 1000),
+        ("a", 1500),
+        ("b", 2500),
+        ("c", 3000),
+        ("event", 3000),
+        ("event", 4000),
+    ]
 
 
 def test_clock_regression_is_reported_not_silent() -> None:
@@ -201,21 +219,40 @@ def event_sequences(draw: st.DrawFn) -> list[Event]:
         kind = draw(st.sampled_from(["snap", "delta", "delta", "delta", "trade"]))
         if kind == "snap":
             mid = draw(st.integers(100, 200))
-            events.append(BookSnapshot(t, t, *where, i + 1,
-                                       tuple((mid - k, draw(st.integers(1, 9))) for k in range(3)),
-                                       tuple((mid + 1 + k, draw(st.integers(1, 9))) for k in range(3))))
+            events.append(
+                BookSnapshot(
+                    t,
+                    t,
+                    *where,
+                    i + 1,
+                    tuple((mid - k, draw(st.integers(1, 9))) for k in range(3)),
+                    tuple((mid + 1 + k, draw(st.integers(1, 9))) for k in range(3)),
+                )
+            )
         elif kind == "delta":
             levels = draw(st.lists(st.tuples(st.integers(90, 210), st.integers(-1, 9)), max_size=4))
             side = draw(st.booleans())
             events.append(delta(t, where, bids=levels if side else [], asks=[] if side else levels))
         else:
-            events.append(Trade(t, t, *where, i + 1, str(i), draw(st.integers(90, 210)),
-                                draw(st.integers(1, 9)), draw(st.sampled_from(["buy", "sell"]))))
+            events.append(
+                Trade(
+                    t,
+                    t,
+                    *where,
+                    i + 1,
+                    str(i),
+                    draw(st.integers(90, 210)),
+                    draw(st.integers(1, 9)),
+                    draw(st.sampled_from(["buy", "sell"])),
+                )
+            )
     return events
 
 
 def run(events: list[Event], seed: int) -> tuple[str, list[bytes]]:
-    strat = ImbalanceStrategy(levels=2, threshold=0.5, exit_threshold=0.1, cooldown_ms=500, jitter_ms=900)
+    strat = ImbalanceStrategy(
+        levels=2, threshold=0.5, exit_threshold=0.1, cooldown_ms=500, jitter_ms=900
+    )
     eng = Engine(EngineConfig(), INSTRUMENTS, strat, seed=seed, session_id="p")
     outs = [encode(o) for o in eng.apply_many(events)]
     return eng.state_hash(), outs
@@ -229,7 +266,9 @@ def test_replay_twice_same_hash(events: list[Event], seed: int) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(event_sequences(), st.integers(0, 2**32), st.data())
-def test_snapshot_anywhere_then_resume_same_hash(events: list[Event], seed: int, data: st.DataObject) -> None:
+def test_snapshot_anywhere_then_resume_same_hash(
+    events: list[Event], seed: int, data: st.DataObject
+) -> None:
     cut = data.draw(st.integers(0, len(events)))
     strat_args = dict(levels=2, threshold=0.5, exit_threshold=0.1, cooldown_ms=500, jitter_ms=900)
     whole = Engine(EngineConfig(), INSTRUMENTS, ImbalanceStrategy(**strat_args), seed=seed)

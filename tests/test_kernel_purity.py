@@ -15,14 +15,40 @@ import pytest
 KERNEL = Path(__file__).resolve().parents[1] / "kernel"
 
 ALLOWED_MODULES = {
-    "__future__", "abc", "bisect", "collections", "dataclasses", "decimal", "enum",
-    "fractions", "functools", "hashlib", "heapq", "itertools", "math", "operator", "typing",
-    "msgspec", "numpy", "sortedcontainers", "kernel",
+    "__future__",
+    "abc",
+    "bisect",
+    "collections",
+    "dataclasses",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "math",
+    "operator",
+    "typing",
+    "msgspec",
+    "numpy",
+    "sortedcontainers",
+    "kernel",
 }
 ALLOWED_NUMPY_RANDOM = {"Generator", "PCG64"}
 FORBIDDEN_CALLS = {"open", "input", "print", "exec", "eval", "__import__"}
-FORBIDDEN_METHOD_CALLS = {"now", "utcnow", "today", "time", "time_ns", "perf_counter",
-                          "monotonic", "uuid4", "urandom", "getenv"}
+FORBIDDEN_METHOD_CALLS = {
+    "now",
+    "utcnow",
+    "today",
+    "time",
+    "time_ns",
+    "perf_counter",
+    "monotonic",
+    "uuid4",
+    "urandom",
+    "getenv",
+}
 FORBIDDEN_ATTRS = {"environ"}
 
 
@@ -39,12 +65,11 @@ def violations(source: str, name: str = "<src>") -> list[str]:
         for mod in mods:
             if mod.split(".")[0] not in ALLOWED_MODULES:
                 found.append(f"{name}:{node.lineno}: imports {mod}")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id in FORBIDDEN_CALLS:
-                found.append(f"{name}:{node.lineno}: calls {node.func.id}()")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            if node.func.attr in FORBIDDEN_METHOD_CALLS:
-                found.append(f"{name}:{node.lineno}: calls .{node.func.attr}()")
+        call = node.func if isinstance(node, ast.Call) else None
+        if isinstance(call, ast.Name) and call.id in FORBIDDEN_CALLS:
+            found.append(f"{name}:{node.lineno}: calls {call.id}()")
+        if isinstance(call, ast.Attribute) and call.attr in FORBIDDEN_METHOD_CALLS:
+            found.append(f"{name}:{node.lineno}: calls .{call.attr}()")
         if isinstance(node, ast.Attribute):
             if node.attr in FORBIDDEN_ATTRS:
                 found.append(f"{name}:{node.lineno}: uses .{node.attr}")

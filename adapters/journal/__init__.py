@@ -1,0 +1,63 @@
+"""Journal backends and :func:`open_journal`, which picks one from a DSN."""
+
+from __future__ import annotations
+
+from adapters.journal.base import (
+    GENESIS_HASH,
+    Journal,
+    JournalError,
+    JournalRecord,
+    PreparedEvent,
+    StreamInfo,
+    VerifyReport,
+    chain_hash,
+    market_stream,
+    prepare,
+    session_stream,
+)
+from adapters.journal.memory import MemoryJournal
+from adapters.journal.sqlite import SqliteJournal
+
+__all__ = [
+    "GENESIS_HASH",
+    "Journal",
+    "JournalError",
+    "JournalRecord",
+    "MemoryJournal",
+    "PreparedEvent",
+    "SqliteJournal",
+    "StreamInfo",
+    "VerifyReport",
+    "chain_hash",
+    "market_stream",
+    "open_journal",
+    "prepare",
+    "session_stream",
+]
+
+
+def open_journal(dsn: str) -> Journal:
+    """Open the journal a DSN names.
+
+    * ``memory://``: a fresh :class:`MemoryJournal`.
+    * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (everything after
+      ``sqlite:///`` is the path), or a plain file path: a :class:`SqliteJournal`.
+    * ``postgresql://...``: not available yet.
+    """
+    if not dsn:
+        raise JournalError("empty journal DSN")
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return SqliteJournal(dsn)
+    scheme = scheme.lower()
+    if scheme == "memory":
+        if rest:
+            raise JournalError(f"memory:// takes no path, got {dsn!r}")
+        return MemoryJournal()
+    if scheme == "sqlite":
+        if not rest.startswith("/") or len(rest) < 2:
+            raise JournalError(f"expected sqlite:///path/to/file.db, got {dsn!r}")
+        return SqliteJournal(rest[1:])
+    if scheme in ("postgresql", "postgres"):
+        raise JournalError("PostgreSQL journal not available yet")
+    raise JournalError(f"unknown journal scheme {scheme!r} in {dsn!r}")

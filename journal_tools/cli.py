@@ -1,0 +1,438 @@
+"""The ``tickerml`` command line.
+
+Every subcommand has ``--help``. The journal is chosen by ``--journal DSN``, else
+``TICKERML_JOURNAL_DSN``, else ``config/timescale.yaml``. Exit codes: 0 success,
+1 a check failed (verify found a divergence, a hash mismatch), 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from adapters.config_loader import ConfigError, load_config
+from adapters.journal import open_journal
+from adapters.journal.base import Journal, JournalError, session_stream
+from kernel.config import AppConfig, StrategyConfig
+from kernel.events import Decision, SessionEnded, SessionStarted, decode, to_builtins
+from kernel.instruments import InstrumentRegistry
+
+console = Console(stderr=True)
+out = Console()
+
+
+class UsageError(ValueError):
+    """Bad arguments; exit code 2."""
+
+
+def parse_time(text: str) -> int:
+    """ISO-8601 date/time (UTC if no zone) or integer ns since the epoch -> ns."""
+    t = text.strip()
+    if t.lstrip("-").isdigit():
+        return int(t)
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"not a time: {text!r} (use ISO-8601 like 2025-01-01T00:10 or ns)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def fmt_ns(ns: int) -> str:
+    if ns <= 0 or ns >= 2**63 - 1:
+        return "-"
+    dt = datetime.fromtimestamp(ns / 1e9, UTC)
+    return dt.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, enabled: bool = True) -> Any:
+    """A rich progress bar on stderr; ``update(done, total)`` moves it."""
+    if not enabled:
+        yield lambda done, total=None: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as prog:
+        task = prog.add_task(description, total=total)
+
+        def update(done: int, new_total: int | None = None) -> None:
+            if new_total is not None:
+                prog.update(task, total=new_total)
+            prog.update(task, completed=done)
+
+        yield update
+
+
+def _config(args: argparse.Namespace) -> AppConfig:
+    return load_config(getattr(args, "config_dir", None))
+
+
+def _journal(args: argparse.Namespace, config: AppConfig) -> Journal:
+    dsn = getattr(args, "journal", None) or config.timescale.dsn
+    return open_journal(dsn)
+
+
+def _strategy_override(args: argparse.Namespace, config: AppConfig) -> StrategyConfig | None:
+    name = getattr(args, "strategy", None)
+    if not name:
+        return None
+    if name == config.trading.strategy.name:
+        return config.trading.strategy
+    return StrategyConfig(name=name)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from journal_tools.synth import DEFAULT_EXCHANGES, DEFAULT_SYMBOLS, SynthSpec, generate
+
+    spec = SynthSpec(
+        out_dir=str(args.out),
+        hours=args.hours,
+        seed=args.seed,
+        start=args.start,
+        exchanges=tuple(args.exchanges.split(",")) if args.exchanges else DEFAULT_EXCHANGES,
+        symbols=tuple(args.symbols.split(",")) if args.symbols else DEFAULT_SYMBOLS,
+        perps=not args.no_perps,
+    )
+    with progress_bar("synth", None, not args.quiet) as update:
+        manifest = generate(spec, progress=update)
+    table = Table(title=f"synthetic market in {args.out}")
+    for col in ("file", "rows"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    for f in manifest.files:
+        table.add_row(Path(f.path).name, f"{f.rows:,}")
+    out.print(table)
+    return 0
+
+
+def cmd_import_tardis(args: argparse.Namespace) -> int:
+    from journal_tools.tardis import import_files
+
+    config = _config(args)
+    files: list[str | Path] = [*args.book, *args.trades, *args.ticker]
+    if args.dir:
+        for pattern in (
+            "*_incremental_book_L2_*.csv*",
+            "*_trades_*.csv*",
+            "*_derivative_ticker_*.csv*",
+        ):
+            files.extend(sorted(Path(args.dir).glob(pattern)))
+    if not files:
+        raise UsageError("nothing to import: give --book/--trades/--ticker files or --dir")
+    registry = InstrumentRegistry(list(config.instruments.instruments))
+    with _journal(args, config) as journal, progress_bar("import", None, not args.quiet) as update:
+        report = import_files(journal, registry, files, skip_bad=args.skip_bad, progress=update)
+    summary = msgspec.to_builtins(report)
+    if args.json:
+        out.print_json(data=summary)
+    else:
+        out.print(
+            f"imported {report.rows:,} rows as {report.events:,} events "
+            f"({report.appended:,} new, {report.duplicates:,} already there) into "
+            f"{', '.join(report.streams)}"
+            + (f"; skipped {report.skipped_rows} bad rows" if report.skipped_rows else "")
+        )
+        for bad in report.first_bad:
+            console.print(f"[yellow]skipped[/] {bad}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from journal_tools.session import run_session, verify_session
+
+    config = _config(args)
+    with _journal(args, config) as journal:
+        if args.verify:
+            if not args.session:
+                raise UsageError("--verify needs --session ID")
+            result = verify_session(journal, args.session)
+            if args.json:
+                out.print_json(data=msgspec.to_builtins(result))
+            elif result.ok:
+                out.print(
+                    f"[green]session {result.session_id} verified[/]: {result.outputs_checked} "
+                    f"outputs identical, state hash {result.state_hash}"
+                )
+            else:
+                d = result.divergence
+                out.print(f"[red]session {result.session_id} DIVERGES[/]")
+                if d is not None:
+                    out.print(f"first divergence at seq {d.seq}: {d.reason}")
+                    out.print(f"  expected: {json.dumps(d.expected, default=str)}")
+                    out.print(f"  got:      {json.dumps(d.got, default=str)}")
+            return 0 if result.ok else 1
+        if args.session:
+            raise UsageError("--session is for --verify; a new replay gets a new session id")
+        stats_total: int | None = None
+        with progress_bar("replay", stats_total, not args.quiet) as update:
+            stats = run_session(
+                journal,
+                config,
+                start_ns=parse_time(args.start) if args.start else None,
+                end_ns=parse_time(args.end) if args.end else None,
+                exchanges=[e.upper() for e in args.exchange] or None,
+                symbols=args.symbol or None,
+                strategy=_strategy_override(args, config),
+                session_id=args.session_id,
+                progress=lambda n: update(n),
+            )
+    if args.stats_json:
+        Path(args.stats_json).write_bytes(msgspec.json.encode(stats))
+    table = Table(title=f"replay session {stats.session_id}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in msgspec.to_builtins(stats).items():
+        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
+    out.print(table)
+    out.print(f"state hash {stats.state_hash}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    config = _config(args)
+    bad = 0
+    with _journal(args, config) as journal:
+        streams = [s.stream for s in journal.streams()]
+        if args.stream:
+            missing = sorted(set(args.stream) - set(streams))
+            if missing:
+                raise UsageError(f"no such stream(s): {', '.join(missing)}")
+            streams = args.stream
+        table = Table(title="journal hash chains")
+        for col in ("stream", "rows", "ok", "first bad seq", "reason"):
+            table.add_column(col)
+        for s in streams:
+            rep = journal.verify(s)
+            bad += not rep.ok
+            table.add_row(
+                s,
+                f"{rep.rows:,}",
+                "[green]yes[/]" if rep.ok else "[red]NO[/]",
+                str(rep.first_bad_seq or ""),
+                rep.reason,
+            )
+    out.print(table)
+    return 1 if bad else 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from journal_tools.session import list_sessions
+
+    config = _config(args)
+    with _journal(args, config) as journal:
+        if not args.session:
+            sessions = list_sessions(journal)
+            if args.format == "json":
+                out.print_json(data=[to_builtins(s) for s in sessions])
+                return 0
+            table = Table(title="sessions")
+            table.add_column("session", no_wrap=True)
+            for col in ("mode", "strategy", "seed", "from", "to", "config"):
+                table.add_column(col)
+            for s in sessions:
+                table.add_row(
+                    s.session_id,
+                    s.mode,
+                    s.strategy,
+                    str(s.seed),
+                    fmt_ns(s.input_from),
+                    fmt_ns(s.input_to),
+                    s.config_hash[:8],
+                )
+            out.print(table)
+            return 0
+        stream = session_stream(args.session)
+        chain = journal.verify(stream)
+        rows = []
+        header: SessionStarted | None = None
+        ended: SessionEnded | None = None
+        for rec in journal.read(stream):
+            ev = decode(rec.payload)
+            if isinstance(ev, SessionStarted):
+                header = ev
+            elif isinstance(ev, SessionEnded):
+                ended = ev
+            elif isinstance(ev, Decision):
+                rows.append((rec.seq, ev))
+        if header is None:
+            raise UsageError(f"no session {args.session!r} in the journal")
+    if args.format == "json":
+        doc = {
+            "session": to_builtins(header),
+            "ended": to_builtins(ended) if ended else None,
+            "hash_chain_ok": chain.ok,
+            "decisions": [dict(to_builtins(d), seq=seq) for seq, d in rows[: args.limit]],
+        }
+        out.print_json(data=doc)
+        return 0 if chain.ok else 1
+    chain_text = "[green]ok[/]" if chain.ok else f"[red]BROKEN at seq {chain.first_bad_seq}[/]"
+    out.print(
+        f"session [bold]{header.session_id}[/] strategy {header.strategy} seed {header.seed} "
+        f"config {header.config_hash[:16]} code {header.code_version}\n"
+        f"inputs {fmt_ns(header.input_from)} .. {fmt_ns(header.input_to)}; "
+        f"hash chain {chain_text}"
+        + (f"; state hash {ended.state_hash[:16]}" if ended else "; [yellow]not ended[/]")
+    )
+    table = Table(title=f"{len(rows)} decisions")
+    for col in ("seq", "time", "decision", "instrument", "action", "conf", "reasoning"):
+        table.add_column(col, overflow="fold")
+    for seq, d in rows[: args.limit]:
+        table.add_row(
+            str(seq),
+            fmt_ns(d.ts_event),
+            d.decision_id,
+            f"{d.exchange}:{d.symbol}",
+            d.action,
+            f"{d.confidence:.2f}",
+            d.reasoning,
+        )
+    out.print(table)
+    return 0 if chain.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from journal_tools.demo import run_demo
+
+    return run_demo(Path(args.out), hours=args.hours, seed=args.seed, quiet=args.quiet)
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tickerml",
+        description="Event-sourced, deterministic trading kernel: import, replay, verify, audit.",
+    )
+    p.add_argument("--config-dir", help="directory of the YAML config (default ./config)")
+    p.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return sp
+
+    sp = add("synth", cmd_synth, "write a deterministic synthetic market as Tardis CSV files")
+    sp.add_argument("--out", required=True, type=Path, help="output directory")
+    sp.add_argument("--hours", type=float, default=1.0, help="market time to generate")
+    sp.add_argument("--seed", type=int, default=7)
+    sp.add_argument("--start", default="2025-01-01", help="UTC start date (default 2025-01-01)")
+    sp.add_argument("--exchanges", help="comma list (default binance,coinbase,kraken,kucoin)")
+    sp.add_argument(
+        "--symbols", help="comma list of normalised symbols (default BTC-USDT,ETH-USDT)"
+    )
+    sp.add_argument("--no-perps", action="store_true", help="spot only, no perps or funding")
+
+    imp = sub.add_parser("import", help="import market history into the journal")
+    isub = imp.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    sp = isub.add_parser(
+        "tardis",
+        help="Tardis CSV (gz ok): incremental_book_L2, trades, derivative_ticker",
+        description="Import Tardis CSV files in one transaction (a bad row aborts it, "
+        "naming file and line, unless --skip-bad).",
+    )
+    sp.set_defaults(func=cmd_import_tardis)
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sp.add_argument("--book", action="append", default=[], help="incremental_book_L2 file")
+    sp.add_argument("--trades", action="append", default=[], help="trades file")
+    sp.add_argument("--ticker", action="append", default=[], help="derivative_ticker file")
+    sp.add_argument("--dir", help="import every Tardis file in this directory")
+    sp.add_argument("--journal", help="journal DSN (sqlite:///path.db, memory://)")
+    sp.add_argument("--skip-bad", action="store_true", help="skip malformed rows and count them")
+    sp.add_argument("--json", action="store_true", help="print the import report as JSON")
+
+    sp = add(
+        "replay", cmd_replay, "run the kernel over journaled market data (or --verify a session)"
+    )
+    sp.add_argument("--from", dest="start", help="start time (ISO-8601 UTC or ns), inclusive")
+    sp.add_argument("--to", dest="end", help="end time (ISO-8601 UTC or ns), exclusive")
+    sp.add_argument(
+        "--exchange", action="append", default=[], help="only this exchange (repeatable)"
+    )
+    sp.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
+    sp.add_argument("--strategy", help="strategy name (default: config/trading.yaml)")
+    sp.add_argument("--journal", help="journal DSN")
+    sp.add_argument("--stats-json", help="write run statistics to this JSON file")
+    sp.add_argument("--session", help="with --verify: the session to re-derive")
+    sp.add_argument("--session-id", help="id for the new session (default: time + random)")
+    sp.add_argument("--verify", action="store_true", help="re-derive a session and compare")
+    sp.add_argument("--json", action="store_true", help="print the verify result as JSON")
+
+    sp = add("verify", cmd_verify, "check the hash chain and gap-free seqs of journal streams")
+    sp.add_argument("--journal", help="journal DSN")
+    sp.add_argument("--stream", action="append", default=[], help="only this stream (repeatable)")
+
+    sp = add("audit", cmd_audit, "list sessions, or a session's decisions with their reasoning")
+    sp.add_argument("--session", help="session id (omit to list sessions)")
+    sp.add_argument("--journal", help="journal DSN")
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+    sp.add_argument("--limit", type=int, default=50, help="at most this many decisions")
+
+    sp = add("demo", cmd_demo, "synth -> import -> replay -> verify -> summary, all embedded")
+    sp.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
+    sp.add_argument("--hours", type=float, default=0.1)
+    sp.add_argument("--seed", type=int, default=7)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from journal_tools.logs import configure
+    from journal_tools.session import SessionError
+    from journal_tools.tardis import TardisFormatError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure(args.log_format)
+    try:
+        return int(args.func(args))
+    except (
+        UsageError,
+        ConfigError,
+        TardisFormatError,
+        SessionError,
+        JournalError,
+        ValueError,
+    ) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""End to end through the `tickerml` CLI (in-process main(), real SQLite journal)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from journal_tools.cli import main
+from kernel.events import decode, encode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A small synthetic market, imported once into a module-wide journal."""
+    work = tmp_path_factory.mktemp("cli")
+    data = work / "data"
+    assert main(["synth", "--out", str(data), "--hours", "0.03", "--seed", "3", "-q"]) == 0
+    dsn = f"sqlite:///{work / 'j.db'}"
+    assert main(["import", "tardis", "--dir", str(data), "--journal", dsn, "-q"]) == 0
+    return work, dsn
+
+
+def replay(dsn: str, work: Path, *extra: str) -> dict[str, object]:
+    stats = work / f"stats-{len(list(work.glob('stats-*')))}.json"
+    assert main(["replay", "--journal", dsn, "--stats-json", str(stats), "-q", *extra]) == 0
+    return json.loads(stats.read_text())  # type: ignore[no-any-return]
+
+
+def test_replay_twice_same_state_hash_and_verify(
+    market: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    work, dsn = market
+    a = replay(dsn, work)
+    b = replay(dsn, work)
+    assert a["state_hash"] == b["state_hash"]
+    assert a["session_id"] != b["session_id"]
+    for key in ("events", "seconds", "events_per_s", "state_hash", "peak_rss_mb", "messages"):
+        assert key in a
+    assert a["events"] > a["messages"] > 0
+    assert a["decisions"] > 0
+    capsys.readouterr()
+    assert main(["replay", "--journal", dsn, "--session", str(a["session_id"]), "--verify"]) == 0
+    assert "verified" in capsys.readouterr().out
+
+
+def test_range_and_filters_change_the_inputs(market: tuple[Path, str]) -> None:
+    work, dsn = market
+    full = replay(dsn, work, "--strategy", "none")
+    one = replay(dsn, work, "--strategy", "none", "--exchange", "binance", "--symbol", "BTC-USDT")
+    part = replay(
+        dsn,
+        work,
+        "--strategy",
+        "none",
+        "--from",
+        "2025-01-01T00:00:30",
+        "--to",
+        "2025-01-01T00:01:00",
+    )
+    assert 0 < int(one["messages"]) < int(full["messages"])  # type: ignore[call-overload]
+    assert 0 < int(part["messages"]) < int(full["messages"])  # type: ignore[call-overload]
+    assert part["input_from"] == 1735689630 * 10**9
+    assert part["input_to"] == 1735689660 * 10**9
+
+
+def test_verify_reports_first_divergence(
+    market: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    work, dsn = market
+    stats = replay(dsn, work)
+    sid = str(stats["session_id"])
+    db = dsn.removeprefix("sqlite:///")
+    # Forge a decision's reasoning in place: verify must name that seq.
+    with sqlite3.connect(db) as conn:
+        seq = conn.execute(
+            "SELECT min(seq) FROM events WHERE stream = ? AND kind = 'Decision'",
+            (f"session.{sid}",),
+        ).fetchone()[0]
+        payload = conn.execute(
+            "SELECT payload FROM events WHERE stream = ? AND seq = ?", (f"session.{sid}", seq)
+        ).fetchone()[0]
+        original = decode(bytes(payload))
+        forged = encode(msgspec.structs.replace(original, reasoning="forged after the fact"))
+        conn.execute(
+            "UPDATE events SET payload = ? WHERE stream = ? AND seq = ?",
+            (forged, f"session.{sid}", seq),
+        )
+    capsys.readouterr()
+    assert main(["replay", "--journal", dsn, "--session", sid, "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "DIVERGES" in out
+    assert f"seq {seq}" in out
+    assert main(["verify", "--journal", dsn, "--stream", f"session.{sid}"]) == 1
+
+
+def test_audit_lists_decisions_with_reasoning(
+    market: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    work, dsn = market
+    stats = replay(dsn, work)
+    capsys.readouterr()
+    assert (
+        main(["audit", "--journal", dsn, "--session", str(stats["session_id"]), "--format", "json"])
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["hash_chain_ok"] is True
+    assert doc["session"]["strategy"] == "imbalance"
+    assert len(doc["decisions"]) == min(50, int(stats["decisions"]))  # type: ignore[call-overload]
+    d = doc["decisions"][0]
+    assert d["reasoning"].startswith(("imbalance(5)=", "|imbalance(5)|="))
+    assert dict(d["features"])["threshold"] == 0.6
+    assert main(["audit", "--journal", dsn]) == 0
+    assert str(stats["session_id"]) in capsys.readouterr().out
+
+
+def test_bad_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    (cfg / "trading.yaml").write_text("seed: 1\nengine:\n  sync:\n    allowed_latenes_ns: 5\n")
+    code = main(["--config-dir", str(cfg), "replay", "--journal", "memory://", "-q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "trading.yaml" in err and "engine.sync.allowed_latenes_ns" in err
+
+
+def test_help_everywhere() -> None:
+    for cmd in ([], ["synth"], ["import", "tardis"], ["replay"], ["verify"], ["audit"], ["demo"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "journal_tools.cli", *cmd, "--help"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "usage: tickerml" in proc.stdout
+
+
+def test_demo_runs_and_verifies(tmp_path: Path) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--hours", "0.02", "-q"]) == 0
