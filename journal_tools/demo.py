@@ -79,8 +79,8 @@ def run_demo(out_dir: Path, hours: float = 0.1, seed: int = 7, quiet: bool = Fal
     )
     table.add_row(
         "replayed",
-        f"{stats.events:,} rows / {stats.messages:,} events in {stats.seconds:.2f} s "
-        f"({stats.events_per_s:,.0f} rows/s)",
+        f"{stats.events:,} records / {stats.messages:,} events in {stats.seconds:.2f} s "
+        f"({stats.events_per_s:,.0f} records/s)",
     )
     table.add_row("decisions journaled", f"{stats.decisions:,}")
     table.add_row("rejected market events", f"{stats.rejected:,}")

@@ -81,16 +81,20 @@ def test_verify_reports_first_divergence(
     # Forge a decision's reasoning in place: verify must name that seq.
     with sqlite3.connect(db) as conn:
         seq = conn.execute(
-            "SELECT min(seq) FROM events WHERE stream = ? AND kind = 'Decision'",
+            "SELECT min(seq) FROM events WHERE sid = (SELECT sid FROM streams WHERE name = ?) "
+            "AND kind = 'Decision'",
             (f"session.{sid}",),
         ).fetchone()[0]
         payload = conn.execute(
-            "SELECT payload FROM events WHERE stream = ? AND seq = ?", (f"session.{sid}", seq)
+            "SELECT payload FROM events WHERE sid = (SELECT sid FROM streams WHERE name = ?) "
+            "AND seq = ?",
+            (f"session.{sid}", seq),
         ).fetchone()[0]
         original = decode(bytes(payload))
         forged = encode(msgspec.structs.replace(original, reasoning="forged after the fact"))
         conn.execute(
-            "UPDATE events SET payload = ? WHERE stream = ? AND seq = ?",
+            "UPDATE events SET payload = ? WHERE sid = (SELECT sid FROM streams WHERE name = ?) "
+            "AND seq = ?",
             (forged, f"session.{sid}", seq),
         )
     capsys.readouterr()
