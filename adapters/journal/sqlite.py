@@ -570,23 +570,30 @@ class SqliteJournal(Journal):
     def _seq_bounds(
         self, conn: sqlite3.Connection, sid: int, start_ns: int | None, end_ns: int | None
     ) -> tuple[int, int]:
-        """Seqs of an ordered stream whose ts_recv lies in [start_ns, end_ns)."""
-        lo = 1
-        hi = conn.execute("SELECT last_seq FROM streams WHERE sid = ?", (sid,)).fetchone()[0]
-        if start_ns is not None:
-            row = conn.execute(
-                "SELECT min(seq) FROM events INDEXED BY events_canonical "
-                "WHERE market = 1 AND sid = ? AND ts_recv >= ?",
-                (sid, start_ns),
-            ).fetchone()
-            lo = hi + 1 if row[0] is None else row[0]
-        if end_ns is not None:
-            row = conn.execute(
-                "SELECT max(seq) FROM events INDEXED BY events_canonical "
-                "WHERE market = 1 AND sid = ? AND ts_recv < ?",
-                (sid, end_ns),
-            ).fetchone()
-            hi = 0 if row[0] is None else row[0]
+        """Seqs of an ordered stream whose ts_recv lies in [start_ns, end_ns).
+
+        In an ordered stream ts_recv never decreases with seq, so each bound is a binary
+        search over seq by primary-key lookups (about 20 of them for a million rows)."""
+        last_seq, first_ts, last_ts = conn.execute(
+            "SELECT last_seq, first_ts, last_ts FROM streams WHERE sid = ?", (sid,)
+        ).fetchone()
+
+        def first_seq_at_or_after(ts: int) -> int:
+            """The smallest seq whose ts_recv >= ts (last_seq + 1 if none)."""
+            lo, hi = 1, last_seq + 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                (t,) = conn.execute(
+                    "SELECT ts_recv FROM events WHERE sid = ? AND seq = ?", (sid, mid)
+                ).fetchone()
+                if t < ts:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return lo
+
+        lo = 1 if start_ns is None or start_ns <= first_ts else first_seq_at_or_after(start_ns)
+        hi = last_seq if end_ns is None or end_ns > last_ts else first_seq_at_or_after(end_ns) - 1
         return lo, hi
 
     # -- verify / inspect ------------------------------------------------------------
