@@ -320,6 +320,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if chain.ok else 1
 
 
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from journal_tools.scenario import ScenarioError, load_scenario, run_scenario
+
+    try:
+        scenario = load_scenario(Path(args.file))
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    for line in run_scenario(scenario):
+        out.print(json.dumps(line, separators=(",", ":")), soft_wrap=True, highlight=False)
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from journal_tools.projections import cli_project
+
+    config = _config(args)
+    journal = _journal(args, config)
+    try:
+        return cli_project(args, journal, config)
+    finally:
+        journal.close()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from journal_tools.demo import run_demo
 
@@ -401,6 +424,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--journal", help="journal DSN")
     sp.add_argument("--format", choices=["table", "json"], default="table")
     sp.add_argument("--limit", type=int, default=50, help="at most this many decisions")
+
+    sp = add(
+        "scenario",
+        cmd_scenario,
+        "run a scripted scenario (book, trades, orders) and print every output as JSON lines",
+    )
+    sp.add_argument("file", help="scenario JSON file (format: docs/scenarios.md)")
+
+    sp = add(
+        "project",
+        cmd_project,
+        "rebuild or show the read models (portfolio_state, trade_history, trade_decisions, "
+        "performance_metrics)",
+    )
+    sp.add_argument("--journal", help="journal DSN")
+    sp.add_argument("--rebuild", action="store_true", help="recompute the read models from events")
+    sp.add_argument("--show", metavar="TABLE", help="print one read model")
+    sp.add_argument("--session", help="only this session")
+    sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    sp.add_argument("--limit", type=int, default=50, help="at most this many rows (--show)")
 
     sp = add("demo", cmd_demo, "synth -> import -> replay -> verify -> summary, all embedded")
     sp.add_argument("--out", default="out/demo", help="working directory (default out/demo)")

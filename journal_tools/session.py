@@ -22,6 +22,7 @@ import msgspec
 from adapters.config_loader import redacted
 from adapters.journal.base import Journal, JournalError, PreparedEvent, prepare, session_stream
 from kernel.config import AppConfig, StrategyConfig, canonical_json, config_hash
+from kernel.context import StrategyLike
 from kernel.engine import Engine
 from kernel.events import (
     Event,
@@ -102,6 +103,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def build_engine(
+    config: AppConfig, strategy: StrategyLike | None, seed: int, session_id: str
+) -> Engine:
+    """The kernel for a session: engine config, instruments, latency profiles, seed."""
+    return Engine(
+        config.trading.engine,
+        InstrumentRegistry(list(config.instruments.instruments)),
+        strategy,
+        seed=seed,
+        session_id=session_id,
+        latency={name: ex.latency for name, ex in config.exchanges.exchanges.items()},
+    )
+
+
 def _output_ids(stream: str, first_ordinal: int, events: Sequence[Event]) -> list[PreparedEvent]:
     return [prepare(ev, event_id(ev, stream, first_ordinal + i)) for i, ev in enumerate(events)]
 
@@ -129,11 +144,8 @@ def run_session(
     if any(s.stream == stream for s in journal.streams()):
         raise SessionError(f"session {session_id} already exists in the journal")
     public = redacted(config)
-    registry = InstrumentRegistry(list(config.instruments.instruments))
     strat = build_strategy(strategy_cfg)
-    engine = Engine(
-        config.trading.engine, registry, strat, seed=config.trading.seed, session_id=session_id
-    )
+    engine = build_engine(config, strat, config.trading.seed, session_id)
     ex = tuple(sorted(exchanges)) if exchanges else ()
     sy = tuple(sorted(symbols)) if symbols else ()
     lo = start_ns if start_ns is not None else 0
@@ -206,7 +218,7 @@ def run_session(
         decisions=engine.decisions,
         rejected=engine.rejected,
         outputs=engine.outputs,
-        fills=0,
+        fills=engine.venue.fills,
         input_from=lo,
         input_to=hi,
     )
@@ -253,13 +265,8 @@ def verify_session(journal: Journal, session_id: str) -> VerifyResult:
         raise SessionError(f"session {session_id}: recorded config does not decode: {exc}") from exc
     if config_hash(config) != first.config_hash:
         raise SessionError(f"session {session_id}: recorded config does not match its hash")
-    registry = InstrumentRegistry(list(config.instruments.instruments))
-    engine = Engine(
-        config.trading.engine,
-        registry,
-        build_strategy(config.trading.strategy),
-        seed=first.seed,
-        session_id=first.session_id,
+    engine = build_engine(
+        config, build_strategy(config.trading.strategy), first.seed, first.session_id
     )
     expected = records[1:-1]
     idx = 0

@@ -7,6 +7,7 @@ Loading YAML and reading environment variables happens at the edge
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 import msgspec
 
@@ -18,6 +19,96 @@ class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     pass
 
 
+class LatencyProfile(_Config, frozen=True):
+    """Per-exchange order latency (config/exchanges.yaml).
+
+    ``model: lognormal`` draws each delay from a log-normal distribution with the given
+    mean and standard deviation (in ms, of the delay itself), then multiplies it by
+    ``spike_multiplier`` with probability ``spike_probability``; draws come from the
+    session's seeded venue generator. ``model: constant`` uses the means exactly (tests,
+    scenarios). ``entry`` is strategy -> venue, ``response`` venue -> strategy."""
+
+    model: Literal["lognormal", "constant"] = "lognormal"
+    entry_mean_ms: float = 150.0
+    entry_std_ms: float = 30.0
+    response_mean_ms: float = 150.0
+    response_std_ms: float = 30.0
+    spike_probability: float = 0.01
+    spike_multiplier: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.entry_mean_ms < 0 or self.response_mean_ms < 0:
+            raise ValueError("latency means must be >= 0")
+        if self.entry_std_ms < 0 or self.response_std_ms < 0:
+            raise ValueError("latency standard deviations must be >= 0")
+        if not 0 <= self.spike_probability <= 1 or self.spike_multiplier < 1:
+            raise ValueError("need 0 <= spike_probability <= 1 and spike_multiplier >= 1")
+
+
+class ImpactParams(_Config, frozen=True):
+    """Square-root impact inputs of one instrument: daily volatility (0.03 = 3%) and
+    average daily volume in base units."""
+
+    sigma_daily: float = 0.03
+    adv: float = 10_000.0
+
+    def __post_init__(self) -> None:
+        if self.sigma_daily < 0 or self.adv <= 0:
+            raise ValueError("impact needs sigma_daily >= 0 and adv > 0")
+
+
+class ExecutionConfig(_Config, frozen=True):
+    """The simulated venue (see kernel/execution.py for the rules).
+
+    * ``queue_model``: how a size decrease at our level moves us up the queue:
+      ``risk_averse`` (ahead = min(ahead, level size): cancels are always behind us),
+      ``power`` (a cancel was ahead of us with probability front^n/(front^n+back^n),
+      n = ``queue_power``) or ``log`` (log(1+front)/(log(1+front)+log(1+back))).
+    * ``trigger_source``: stop-loss / take-profit trigger on the last ``trade`` price or
+      on the ``mid``.
+    * toxic fills: queue ahead at placement above ``toxic_queue_ratio`` times the order
+      size, or the mid moving ``toxic_adverse_bp`` against the fill within
+      ``toxic_window_ms``.
+    * impact: ``impact_y * sigma_daily * sqrt(Q / ADV)`` for a taker order of Q base
+      units; ``impact_permanent_fraction`` of it stays, the rest decays with
+      ``impact_half_life_ms``. ``impact`` overrides per ``EXCHANGE:SYMBOL``.
+    """
+
+    queue_model: Literal["risk_averse", "power", "log"] = "risk_averse"
+    queue_power: float = 2.0
+    trigger_source: Literal["trade", "mid"] = "trade"
+    toxic_queue_ratio: float = 10.0
+    toxic_window_ms: int = 1_000
+    toxic_adverse_bp: float = 5.0
+    impact_y: float = 0.7
+    impact_permanent_fraction: float = 0.3
+    impact_half_life_ms: int = 30_000
+    impact_default: ImpactParams = msgspec.field(default_factory=ImpactParams)
+    impact: dict[str, ImpactParams] = msgspec.field(default_factory=dict)
+    book_through_fills: bool = True
+
+    def __post_init__(self) -> None:
+        if self.queue_power <= 0:
+            raise ValueError("queue_power must be > 0")
+        if not 0 <= self.impact_permanent_fraction <= 1:
+            raise ValueError("impact_permanent_fraction must be within 0..1")
+        if self.impact_half_life_ms <= 0 or self.toxic_window_ms < 0:
+            raise ValueError("impact_half_life_ms must be > 0 and toxic_window_ms >= 0")
+
+    def impact_for(self, key: str) -> ImpactParams:
+        return self.impact.get(key, self.impact_default)
+
+
+class PortfolioConfig(_Config, frozen=True):
+    """The paper trader's account. ``initial_cash`` is a decimal string in the quote
+    currency; every quote currency (USDT, USD, USDC) counts at par. A
+    ``PortfolioSnapshot`` is journaled every ``snapshot_interval_ms`` of kernel time
+    once the strategy has sent its first order (0: never)."""
+
+    initial_cash: str = "10000"
+    snapshot_interval_ms: int = 60_000
+
+
 class EngineConfig(_Config, frozen=True):
     """The kernel fold. ``reject_invalid_book`` refuses crossed/negative book messages
     (journaled as DataQuality); ``max_decisions_per_event`` bounds a strategy's output."""
@@ -25,6 +116,8 @@ class EngineConfig(_Config, frozen=True):
     sync: SyncConfig = msgspec.field(default_factory=SyncConfig)
     reject_invalid_book: bool = True
     max_decisions_per_event: int = 16
+    execution: ExecutionConfig = msgspec.field(default_factory=ExecutionConfig)
+    portfolio: PortfolioConfig = msgspec.field(default_factory=PortfolioConfig)
 
 
 ParamValue = bool | int | float | str
@@ -72,17 +165,6 @@ class KafkaConfig(_Config, frozen=True):
         "risk",
         "system",
     )
-
-
-class LatencyProfile(_Config, frozen=True):
-    """Per-exchange latency: log-normal with mean/std in ms, spikes, entry/response."""
-
-    entry_mean_ms: float = 150.0
-    entry_std_ms: float = 30.0
-    response_mean_ms: float = 150.0
-    response_std_ms: float = 30.0
-    spike_probability: float = 0.01
-    spike_multiplier: float = 5.0
 
 
 class ExchangeConfig(_Config, frozen=True):

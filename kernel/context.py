@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from kernel.book import L2Book
-from kernel.events import Decision, Event, MarketEvent, Trade
+from kernel.events import Decision, Event, MarketEvent, OrderType, Side, TimeInForce, Trade
 from kernel.instruments import Instrument
+from kernel.portfolio import Portfolio
 
 if TYPE_CHECKING:
-    from kernel.engine import Engine
+    from kernel.engine import Engine, OrderView
 
 
 @runtime_checkable
@@ -30,6 +31,8 @@ class StrategyLike(Protocol):
     def on_market(self, ctx: StrategyContext, event: MarketEvent) -> None: ...
 
     def on_timer(self, ctx: StrategyContext, name: str) -> None: ...
+
+    def on_order(self, ctx: StrategyContext, event: Event) -> None: ...
 
     def snapshot_state(self) -> bytes: ...
 
@@ -102,6 +105,76 @@ class StrategyContext:
     def set_timer(self, at_ns: int, name: str) -> None:
         """Call ``on_timer(ctx, name)`` at kernel time ``at_ns`` (before any later input)."""
         self._engine.set_timer(at_ns, name)
+
+    # -- orders ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        exchange: str,
+        symbol: str,
+        side: Side,
+        size: int,
+        *,
+        order_type: OrderType = "limit",
+        price: int = 0,
+        time_in_force: TimeInForce = "GTC",
+        trigger_price: int = 0,
+        reduce_only: bool = False,
+        decision_id: str = "",
+        order_id: str | None = None,
+    ) -> str:
+        """Send an order (sizes and prices in the instrument's units); returns its id.
+
+        It reaches the simulated venue after the exchange's entry latency; responses
+        (``OrderAccepted``, ``Fill``...) come back through ``on_order`` after the
+        response latency. ``order_type``: market | limit | stop_loss | take_profit;
+        ``time_in_force`` (limit orders): GTC | IOC | FOK | POST_ONLY."""
+        return self._engine.submit_order(
+            exchange,
+            symbol,
+            side,
+            size,
+            order_type,
+            price,
+            time_in_force,
+            trigger_price,
+            reduce_only,
+            decision_id,
+            order_id,
+        )
+
+    def cancel(self, order_id: str, reason: str = "") -> None:
+        """Ask the venue to cancel an order (an ``OrderError`` if it is unknown)."""
+        self._engine.cancel_order(order_id, reason)
+
+    def amend(self, order_id: str, size: int = 0, price: int = 0) -> None:
+        """Change an order's total size and/or limit price (0 = unchanged)."""
+        self._engine.amend_order(order_id, size, price)
+
+    def order(self, order_id: str) -> OrderView | None:
+        """An open order as the strategy knows it (None once it is closed)."""
+        return self._engine.orders.get(order_id)
+
+    def open_orders(
+        self, exchange: str | None = None, symbol: str | None = None
+    ) -> list[OrderView]:
+        """Open orders as the strategy knows them, by id."""
+        orders = self._engine.orders
+        return [
+            orders[k]
+            for k in sorted(orders)
+            if (exchange is None or orders[k].exchange == exchange)
+            and (symbol is None or orders[k].symbol == symbol)
+        ]
+
+    @property
+    def portfolio(self) -> Portfolio:
+        """The paper trader's books as of the fills seen so far (read only, please)."""
+        return self._engine.portfolio
+
+    def position(self, exchange: str, symbol: str) -> int:
+        """Signed position in size units."""
+        return self._engine.portfolio.qty(f"{exchange}:{symbol}")
 
 
 def emit_all(ctx: StrategyContext, events: list[Event]) -> None:

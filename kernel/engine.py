@@ -6,37 +6,82 @@ findings, ...). No I/O, no wall clock, no unseeded randomness: the same inputs, 
 and seed always give the same outputs and the same :meth:`Engine.state_hash`.
 
 Clock: the kernel clock is the local receive time (``ts_recv``) of the input being
-processed; timers due at or before an input's ``ts_recv`` fire before that input.
+processed. Scheduled work (strategy timers, orders reaching the venue after their entry
+latency, venue responses reaching the strategy after their response latency, funding
+settlements, portfolio snapshots) due at or before an input's ``ts_recv`` happens
+before that input, in time order (ties in the order it was scheduled).
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 import numpy as np
 
 from kernel.book import BookError, L2Book
-from kernel.config import EngineConfig
+from kernel.config import EngineConfig, LatencyProfile
 from kernel.context import StrategyContext, StrategyLike
 from kernel.events import (
+    AmendRequested,
     BookDelta,
     BookSnapshot,
+    CancelRequested,
     DataQuality,
     Event,
+    Fill,
+    FundingPayment,
     FundingRate,
     Halt,
     Heartbeat,
     MarketEvent,
     MarkPrice,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderError,
+    OrderExpired,
+    OrderRejected,
+    OrderSubmitted,
+    OrderType,
     Resume,
+    Side,
+    TimeInForce,
     Trade,
+    decode,
+    encode,
 )
+from kernel.execution import Venue, VenueState
+from kernel.fixedpoint import MONEY_DECIMALS, parse_fixed
 from kernel.instruments import Instrument, InstrumentError, InstrumentRegistry
+from kernel.portfolio import Portfolio, PortfolioState, funding_amount
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+
+# Kinds of scheduled work, in the engine's one time-ordered heap.
+TIMER, ARRIVAL, DELIVERY, FUNDING, SNAPSHOT = range(5)
+
+SchedEntry = tuple[int, int, int, object]
+
+
+class OrderView(msgspec.Struct, array_like=True):
+    """An order as the strategy knows it: from what it sent and the responses it has
+    seen so far (the venue may already be ahead of this view)."""
+
+    order_id: str
+    exchange: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    size: int
+    price: int
+    time_in_force: TimeInForce
+    trigger_price: int = 0
+    filled: int = 0
+    state: str = "submitted"
+
 
 _NONE: tuple[Event, ...] = ()
 
@@ -55,13 +100,19 @@ class EngineState(msgspec.Struct, frozen=True, array_like=True):
     rejected: int
     halted: bool
     timer_seq: int
-    timers: list[tuple[int, int, str]]
+    sched: list[tuple[int, int, int, bytes]]
     books: list[tuple[str, int, int, list[tuple[int, int]], list[tuple[int, int]]]]
     last_trades: list[tuple[str, bytes]]
     funding: list[tuple[str, int, int]]
     marks: list[tuple[str, int, int]]
     rng_state: str
     strategy_state: bytes
+    order_seq: int
+    orders: list[OrderView]
+    funding_keys: list[str]
+    snapshots_on: bool
+    venue: VenueState
+    portfolio: PortfolioState
 
 
 class Engine:
@@ -74,6 +125,7 @@ class Engine:
         strategy: StrategyLike | None = None,
         seed: int = 0,
         session_id: str = "",
+        latency: Mapping[str, LatencyProfile] | None = None,
     ) -> None:
         self.config = config
         self.instruments = (
@@ -97,9 +149,23 @@ class Engine:
         self.decisions = 0
         self.rejected = 0
         self.halted = False
-        self._timers: list[tuple[int, int, str]] = []
+        self._sched: list[SchedEntry] = []
         self._timer_seq = 0
         self._out: list[Event] = []
+        self.orders: dict[str, OrderView] = {}
+        self._order_seq = 0
+        self._funding_keys: set[str] = set()
+        self._snapshots_on = False
+        self.portfolio = Portfolio(parse_fixed(config.portfolio.initial_cash, MONEY_DECIMALS))
+        self.venue = Venue(
+            config.execution,
+            dict(latency or {}),
+            self.books,
+            self.instruments,
+            self.portfolio,
+            self._from_venue,
+            seed,
+        )
         self.ctx = StrategyContext(self)
         self._handlers: dict[type, Callable[[Event], None]] = {
             BookDelta: self._on_delta,  # type: ignore[dict-item]
@@ -129,8 +195,8 @@ class Engine:
             if self.strategy is not None:
                 self.strategy.on_start(self.ctx)
         ts = event.ts_recv
-        if self._timers and self._timers[0][0] <= ts:
-            self._fire_timers(ts)
+        if self._sched and self._sched[0][0] <= ts:
+            self._advance(ts)
         self.events_in += 1
         if ts >= self.now:
             self.now = ts
@@ -141,8 +207,21 @@ class Engine:
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)
+        if self._sched and self._sched[0][0] <= self.now:
+            self._advance(self.now)  # responses with no latency are seen at once
         if not self._out:
             return _NONE
+        return self._drain()
+
+    def advance(self, ts: int) -> tuple[Event, ...]:
+        """Move the kernel clock to ``ts`` without an input: everything scheduled up to
+        then happens (the end of a scenario, or idle time in a live session)."""
+        if not self._started:
+            self.start()
+        if self._sched and self._sched[0][0] <= ts:
+            self._advance(ts)
+        if ts > self.now:
+            self.now = ts
         return self._drain()
 
     def apply_many(self, events: Iterable[Event]) -> list[Event]:
@@ -158,8 +237,220 @@ class Engine:
         self._out.append(event)
 
     def set_timer(self, at_ns: int, name: str) -> None:
+        self._schedule(at_ns, TIMER, name)
+
+    def _schedule(self, at_ns: int, kind: int, data: object) -> None:
         self._timer_seq += 1
-        heapq.heappush(self._timers, (at_ns, self._timer_seq, name))
+        heapq.heappush(self._sched, (at_ns, self._timer_seq, kind, data))
+
+    # -- orders (called through the strategy context) ---------------------------------
+
+    def submit_order(
+        self,
+        exchange: str,
+        symbol: str,
+        side: Side,
+        size: int,
+        order_type: OrderType = "limit",
+        price: int = 0,
+        time_in_force: TimeInForce = "GTC",
+        trigger_price: int = 0,
+        reduce_only: bool = False,
+        decision_id: str = "",
+        order_id: str | None = None,
+    ) -> str:
+        inst = self.instruments.get(exchange, symbol)  # unknown: the strategy's bug
+        if order_id is None:
+            self._order_seq += 1
+            order_id = f"o{self._order_seq}"
+            while order_id in self.orders:
+                self._order_seq += 1
+                order_id = f"o{self._order_seq}"
+        elif order_id in self.orders:
+            raise ValueError(f"order id {order_id!r} is already in use")
+        now = self.now
+        sub = OrderSubmitted(
+            ts_event=now,
+            ts_recv=now,
+            order_id=order_id,
+            decision_id=decision_id,
+            exchange=inst.exchange,
+            symbol=inst.symbol,
+            side=side,
+            order_type=order_type,
+            size=size,
+            price=price,
+            time_in_force=time_in_force,
+            trigger_price=trigger_price,
+            reduce_only=reduce_only,
+        )
+        self.emit(sub)
+        if not self._snapshots_on:
+            self._snapshots_on = True
+            iv = self.config.portfolio.snapshot_interval_ms * 1_000_000
+            if iv > 0:
+                self._schedule((now // iv + 1) * iv, SNAPSHOT, "")
+        if self.halted:
+            self.emit(
+                OrderRejected(
+                    ts_event=now, ts_recv=now, order_id=order_id, reason="halted: kill switch on"
+                )
+            )
+            return order_id
+        self.orders[order_id] = OrderView(
+            order_id,
+            inst.exchange,
+            inst.symbol,
+            side,
+            order_type,
+            size,
+            price,
+            time_in_force,
+            trigger_price,
+        )
+        self.venue.now = now
+        self._schedule(self.venue.arrival_time(inst.exchange, now), ARRIVAL, sub)
+        return order_id
+
+    def cancel_order(self, order_id: str, reason: str = "") -> None:
+        view = self.orders.get(order_id)
+        now = self.now
+        if view is None:
+            self.emit(
+                OrderError(
+                    ts_event=now,
+                    ts_recv=now,
+                    order_id=order_id,
+                    action="cancel",
+                    state="unknown",
+                    reason="no open order with this id",
+                )
+            )
+            return
+        req = CancelRequested(
+            ts_event=now, ts_recv=now, order_id=order_id, exchange=view.exchange, reason=reason
+        )
+        self.emit(req)
+        self.venue.now = now
+        self._schedule(self.venue.arrival_time(view.exchange, now), ARRIVAL, req)
+
+    def amend_order(self, order_id: str, size: int = 0, price: int = 0) -> None:
+        view = self.orders.get(order_id)
+        now = self.now
+        if view is None:
+            self.emit(
+                OrderError(
+                    ts_event=now,
+                    ts_recv=now,
+                    order_id=order_id,
+                    action="amend",
+                    state="unknown",
+                    reason="no open order with this id",
+                )
+            )
+            return
+        req = AmendRequested(
+            ts_event=now,
+            ts_recv=now,
+            order_id=order_id,
+            exchange=view.exchange,
+            size=size,
+            price=price,
+        )
+        self.emit(req)
+        self.venue.now = now
+        self._schedule(self.venue.arrival_time(view.exchange, now), ARRIVAL, req)
+
+    def _from_venue(self, ev: Event) -> None:
+        """A venue response: the strategy sees it at ``ev.ts_recv``."""
+        self._schedule(ev.ts_recv, DELIVERY, ev)
+
+    def _delivered(self, ev: Event) -> None:
+        self.emit(ev)
+        view = self.orders.get(ev.order_id) if hasattr(ev, "order_id") else None
+        if isinstance(ev, Fill):
+            inst = self.instruments.get(ev.exchange, ev.symbol)
+            self.portfolio.apply_fill(ev, inst)
+            if view is not None:
+                view.filled += ev.size
+                view.state = "filled" if view.filled >= view.size else "partially_filled"
+                if view.state == "filled":
+                    del self.orders[ev.order_id]
+            if inst.kind == "perp" and inst.key not in self._funding_keys:
+                self._funding_keys.add(inst.key)
+                self._schedule(self._next_funding(inst), FUNDING, inst.key)
+        elif view is not None:
+            if isinstance(ev, OrderAccepted):
+                view.state = "accepted"
+            elif isinstance(ev, OrderRejected | OrderCancelled | OrderExpired):
+                del self.orders[ev.order_id]
+            elif isinstance(ev, OrderAmended):
+                view.size, view.price = ev.size, ev.price
+        if self.strategy is not None:
+            self.strategy.on_order(self.ctx, ev)
+
+    def _next_funding(self, inst: Instrument) -> int:
+        given = self.funding.get(inst.key, (0, 0))[1]
+        if given > self.now:
+            return given
+        iv = inst.funding_interval_s * 1_000_000_000
+        return (self.now // iv + 1) * iv
+
+    def _mark(self, key: str) -> int | None:
+        mark = self.marks.get(key)
+        if mark is not None and mark[0] > 0:
+            return mark[0]
+        book = self.books.get(key)
+        m2 = book.mid_x2() if book is not None else None
+        return None if m2 is None else m2 // 2
+
+    def _settle_funding(self, key: str) -> None:
+        self._funding_keys.discard(key)
+        qty = self.portfolio.qty(key)
+        if not qty:
+            return
+        inst = self.instruments.by_key(key)
+        rate = self.funding.get(key)
+        mark = self._mark(key)
+        if rate is None or mark is None:
+            self.emit(
+                DataQuality(
+                    ts_event=self.now,
+                    ts_recv=self.now,
+                    rule="funding_unpriced",
+                    exchange=inst.exchange,
+                    symbol=inst.symbol,
+                    detail=f"funding time with a position of {inst.size_text(qty)} but no "
+                    f"{'funding rate' if rate is None else 'mark or mid price'} seen yet",
+                    rejected=False,
+                )
+            )
+        else:
+            amount = funding_amount(qty, mark, rate[0], inst)
+            self.portfolio.apply_funding(key, amount)
+            self.emit(
+                FundingPayment(
+                    ts_event=self.now,
+                    ts_recv=self.now,
+                    exchange=inst.exchange,
+                    symbol=inst.symbol,
+                    rate=rate[0],
+                    position=qty,
+                    amount=amount,
+                )
+            )
+        self._funding_keys.add(key)
+        self._schedule(self._next_funding(inst), FUNDING, key)
+
+    def _portfolio_snapshot(self) -> None:
+        marks = {}
+        for pos in self.portfolio.open_positions():
+            m = self._mark(pos.key)
+            if m is not None:
+                marks[pos.key] = m
+        self.emit(self.portfolio.snapshot_event(self.now, marks, self.instruments))
+        iv = self.config.portfolio.snapshot_interval_ms * 1_000_000
+        self._schedule(self.now + iv, SNAPSHOT, "")
 
     def book(self, exchange: str, symbol: str) -> L2Book | None:
         return self.books.get(f"{exchange}:{symbol}")
@@ -181,16 +472,22 @@ class Engine:
         return book
 
     def _on_delta(self, ev: BookDelta) -> None:
-        book = self.books.get(f"{ev.exchange}:{ev.symbol}") or self._book_for(ev)
+        key = f"{ev.exchange}:{ev.symbol}"
+        book = self.books.get(key) or self._book_for(ev)
         if book is None:
             return
         self.rows_in += len(ev.bids) + len(ev.asks)
+        venue = self.venue
+        prev = venue.before_delta(key, ev) if key in venue.active else None
         try:
             book.apply_delta(ev.bids, ev.asks, ev.ts_event)
         except BookError as exc:
             self._quality(ev, exc.rule, exc.detail, True)
             return
         book.seq = ev.seq
+        if key in venue.active:
+            venue.now = self.now
+            venue.on_delta(key, ev, prev)
         if self.strategy is not None:
             self.strategy.on_market(self.ctx, ev)
 
@@ -205,6 +502,10 @@ class Engine:
             self._quality(ev, exc.rule, exc.detail, True)
             return
         book.seq = ev.seq
+        key = f"{ev.exchange}:{ev.symbol}"
+        if key in self.venue.active:
+            self.venue.now = self.now
+            self.venue.on_snapshot(key, ev.ts_event)
         if self.strategy is not None:
             self.strategy.on_market(self.ctx, ev)
 
@@ -213,7 +514,11 @@ class Engine:
         if ev.size <= 0 or ev.price <= 0:
             self._quality(ev, "bad_trade", f"price {ev.price} size {ev.size}", True)
             return
-        self.last_trades[f"{ev.exchange}:{ev.symbol}"] = ev
+        key = f"{ev.exchange}:{ev.symbol}"
+        self.last_trades[key] = ev
+        if key in self.venue.active:
+            self.venue.now = self.now
+            self.venue.on_trade(key, ev)
         if self.strategy is not None:
             self.strategy.on_market(self.ctx, ev)
 
@@ -231,6 +536,8 @@ class Engine:
 
     def _on_halt(self, ev: Halt) -> None:
         self.halted = True
+        self.venue.now = self.now
+        self.venue.cancel_all(self.now, f"halt: {ev.reason}")
 
     def _on_resume(self, ev: Resume) -> None:
         self.halted = False
@@ -256,14 +563,24 @@ class Engine:
             )
         )
 
-    def _fire_timers(self, up_to: int) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= up_to:
-            at, _, name = heapq.heappop(timers)
+    def _advance(self, up_to: int) -> None:
+        sched = self._sched
+        while sched and sched[0][0] <= up_to:
+            at, _, kind, data = heapq.heappop(sched)
             if at > self.now:
                 self.now = at
-            if self.strategy is not None:
-                self.strategy.on_timer(self.ctx, name)
+            if kind == DELIVERY:
+                self._delivered(data)  # type: ignore[arg-type]
+            elif kind == ARRIVAL:
+                self.venue.now = self.now
+                self.venue.arrive(data, at)  # type: ignore[arg-type]
+            elif kind == TIMER:
+                if self.strategy is not None:
+                    self.strategy.on_timer(self.ctx, data)  # type: ignore[arg-type]
+            elif kind == FUNDING:
+                self._settle_funding(data)  # type: ignore[arg-type]
+            elif kind == SNAPSHOT:
+                self._portfolio_snapshot()
 
     def _drain(self) -> tuple[Event, ...]:
         out = self._out
@@ -290,8 +607,6 @@ class Engine:
     # -- state -----------------------------------------------------------------------
 
     def _state(self) -> EngineState:
-        from kernel.events import encode
-
         books = []
         for key in sorted(self.books):
             b = self.books[key]
@@ -307,13 +622,19 @@ class Engine:
             rejected=self.rejected,
             halted=self.halted,
             timer_seq=self._timer_seq,
-            timers=sorted(self._timers),
+            sched=[(t, q, k, _sched_bytes(k, d)) for t, q, k, d in sorted(self._sched)],
             books=books,
             last_trades=[(k, encode(self.last_trades[k])) for k in sorted(self.last_trades)],
             funding=[(k, *self.funding[k]) for k in sorted(self.funding)],
             marks=[(k, *self.marks[k]) for k in sorted(self.marks)],
             rng_state=msgspec.json.encode(self.rng.bit_generator.state, order="sorted").decode(),
             strategy_state=self.strategy.snapshot_state() if self.strategy is not None else b"",
+            order_seq=self._order_seq,
+            orders=[self.orders[k] for k in sorted(self.orders)],
+            funding_keys=sorted(self._funding_keys),
+            snapshots_on=self._snapshots_on,
+            venue=self.venue.state(),
+            portfolio=self.portfolio.state(),
         )
 
     def snapshot(self) -> bytes:
@@ -326,9 +647,6 @@ class Engine:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
 
     def restore(self, snapshot: bytes) -> None:
-        from kernel.events import Trade as _Trade
-        from kernel.events import decode
-
         st = msgspec.msgpack.decode(snapshot, type=EngineState)
         if st.version != STATE_VERSION:
             raise ValueError(f"snapshot version {st.version} != engine version {STATE_VERSION}")
@@ -340,8 +658,8 @@ class Engine:
         self.rejected = st.rejected
         self.halted = st.halted
         self._timer_seq = st.timer_seq
-        self._timers = [tuple(t) for t in st.timers]  # type: ignore[misc]
-        heapq.heapify(self._timers)
+        self._sched = [(t, q, k, _sched_data(k, d)) for t, q, k, d in st.sched]
+        heapq.heapify(self._sched)
         self.books = {}
         for key, ts_event, seq, bids, asks in st.books:
             exchange, symbol = key.split(":", 1)
@@ -353,15 +671,34 @@ class Engine:
         self.last_trades = {}
         for key, payload in st.last_trades:
             tr = decode(payload)
-            assert isinstance(tr, _Trade)
+            assert isinstance(tr, Trade)
             self.last_trades[key] = tr
         self.funding = {k: (r, n) for k, r, n in st.funding}
         self.marks = {k: (m, i) for k, m, i in st.marks}
         self.rng.bit_generator.state = msgspec.json.decode(st.rng_state)
         if self.strategy is not None:
             self.strategy.restore_state(st.strategy_state)
+        self._order_seq = st.order_seq
+        self.orders = {o.order_id: o for o in st.orders}
+        self._funding_keys = set(st.funding_keys)
+        self._snapshots_on = st.snapshots_on
+        self.portfolio.restore(st.portfolio)
+        self.venue.books = self.books
+        self.venue.restore(st.venue)
         self._started = True
 
 
 def _ignore(event: Event) -> None:
     return None
+
+
+def _sched_bytes(kind: int, data: object) -> bytes:
+    if kind in (ARRIVAL, DELIVERY):
+        return encode(data)  # type: ignore[arg-type]
+    return str(data).encode()
+
+
+def _sched_data(kind: int, data: bytes) -> object:
+    if kind in (ARRIVAL, DELIVERY):
+        return decode(data)
+    return data.decode()

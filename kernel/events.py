@@ -136,7 +136,11 @@ class Decision(Event, frozen=True, tag="Decision"):
 
 
 class OrderSubmitted(Event, frozen=True, tag="OrderSubmitted"):
-    """The strategy sent an order; it reaches the venue after the entry latency."""
+    """The strategy sent an order; it reaches the venue after the entry latency.
+
+    ``price`` is the limit price (0 for market orders and for stop/take-profit orders
+    that become market orders when triggered); ``trigger_price`` the stop/take-profit
+    level; ``time_in_force`` applies to limit orders."""
 
     order_id: str
     decision_id: str
@@ -152,7 +156,58 @@ class OrderSubmitted(Event, frozen=True, tag="OrderSubmitted"):
 
 
 class OrderAccepted(Event, frozen=True, tag="OrderAccepted"):
+    """The venue took the order (``ts_event``: venue time; ``ts_recv``: when the
+    strategy sees the ack). ``queue_ahead`` is the displayed size ahead of a resting
+    limit order when it joined its level."""
+
     order_id: str
+    queue_ahead: int = 0
+
+
+class CancelRequested(Event, frozen=True, tag="CancelRequested"):
+    """The strategy asked to cancel an order; the request travels the entry latency."""
+
+    order_id: str
+    exchange: str
+    reason: str = ""
+
+
+class AmendRequested(Event, frozen=True, tag="AmendRequested"):
+    """The strategy asked to change an order's total ``size`` and/or limit ``price``
+    (0 = unchanged). Size down at the same price keeps queue priority; anything else
+    loses it."""
+
+    order_id: str
+    exchange: str
+    size: int = 0
+    price: int = 0
+
+
+class OrderAmended(Event, frozen=True, tag="OrderAmended"):
+    order_id: str
+    size: int
+    price: int
+    priority_kept: bool
+    queue_ahead: int = 0
+
+
+class OrderTriggered(Event, frozen=True, tag="OrderTriggered"):
+    """A stop-loss / take-profit order's trigger condition held at the venue."""
+
+    order_id: str
+    trigger_price: int
+    reference_price: int
+    source: str
+
+
+class OrderError(Event, frozen=True, tag="OrderError"):
+    """An order action that is not legal in the order's state (e.g. cancelling a
+    filled order, or a transition the state machine forbids). Nothing changed."""
+
+    order_id: str
+    action: str
+    state: str
+    reason: str
 
 
 class OrderRejected(Event, frozen=True, tag="OrderRejected"):
@@ -174,8 +229,12 @@ class OrderExpired(Event, frozen=True, tag="OrderExpired"):
 class Fill(Event, frozen=True, tag="Fill"):
     """A (possibly partial) fill of one of our orders at the simulated venue.
 
-    ``fee`` in MONEY units; ``queue_ahead`` the size still ahead of us when it filled;
-    ``impact_bp`` the price impact attributed to it; ``latency_ns`` submit -> fill.
+    ``fee`` in MONEY units; ``impact_bp`` the price impact attributed to it;
+    ``latency_ns`` submit -> fill (venue time of the fill - local submit time).
+    ``queue_ahead`` is the displayed size that was ahead of a maker order when it
+    joined its level (0 for taker fills). ``slippage`` (MONEY) is how much worse than
+    the touch at arrival a taker fill was (already in ``price``); ``impact_cost``
+    (MONEY) the impact charged on top (``notional x impact_bp / 1e4``).
     """
 
     fill_id: str
@@ -191,6 +250,25 @@ class Fill(Event, frozen=True, tag="Fill"):
     toxic: bool = False
     impact_bp: float = 0.0
     latency_ns: int = 0
+    slippage: int = 0
+    impact_cost: int = 0
+
+
+class FillToxic(Event, frozen=True, tag="FillToxic"):
+    """A queue-position / adverse-selection warning about one of our fills.
+
+    ``reason`` is ``queue_position`` (the queue ahead at placement was over the
+    configured multiple of the order size; the Fill itself carries ``toxic=True``) or
+    ``adverse_move`` (the mid moved ``adverse_bp`` against the fill within the window;
+    the Fill was already journaled, so this event is the record)."""
+
+    fill_id: str
+    order_id: str
+    exchange: str
+    symbol: str
+    reason: str
+    queue_ahead_at_place: int = 0
+    adverse_bp: float = 0.0
 
 
 class FundingPayment(Event, frozen=True, tag="FundingPayment"):
@@ -201,6 +279,23 @@ class FundingPayment(Event, frozen=True, tag="FundingPayment"):
     rate: int
     position: int
     amount: int
+
+
+class PortfolioSnapshot(Event, frozen=True, tag="PortfolioSnapshot"):
+    """The paper trader's books at a moment, marked to mid. Money in MONEY units.
+
+    ``positions``: (instrument key, signed size, cost basis, mark price) per open
+    position; ``realised`` is gross of costs; ``equity = cash + sum(size x mark)``."""
+
+    cash: int
+    equity: int
+    realised: int
+    unrealised: int
+    fees: int
+    funding: int
+    impact: int
+    slippage: int
+    positions: tuple[tuple[str, int, int, int], ...] = ()
 
 
 class RiskEvent(Event, frozen=True, tag="RiskEvent"):
@@ -317,12 +412,19 @@ AnyEvent = (
     | News
     | Decision
     | OrderSubmitted
+    | CancelRequested
+    | AmendRequested
     | OrderAccepted
     | OrderRejected
     | OrderCancelled
     | OrderExpired
+    | OrderAmended
+    | OrderTriggered
+    | OrderError
     | Fill
+    | FillToxic
     | FundingPayment
+    | PortfolioSnapshot
     | RiskEvent
     | Halt
     | Resume
@@ -345,12 +447,19 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     News,
     Decision,
     OrderSubmitted,
+    CancelRequested,
+    AmendRequested,
     OrderAccepted,
     OrderRejected,
     OrderCancelled,
     OrderExpired,
+    OrderAmended,
+    OrderTriggered,
+    OrderError,
     Fill,
+    FillToxic,
     FundingPayment,
+    PortfolioSnapshot,
     RiskEvent,
     Halt,
     Resume,

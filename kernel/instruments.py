@@ -155,6 +155,13 @@ class InstrumentRegistry:
         except KeyError:
             raise InstrumentError(f"unknown instrument {exchange}:{symbol}") from None
 
+    def by_key(self, key: str) -> Instrument:
+        """Look up by ``EXCHANGE:SYMBOL``."""
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise InstrumentError(f"unknown instrument {key}") from None
+
     def by_wire(self, feed: str, wire_symbol: str) -> Instrument:
         """Look up by data-feed id and the venue's own symbol (``binance``, ``BTCUSDT``)."""
         try:
