@@ -12,8 +12,10 @@
   encoded) into a new file in batches of 10,000: events/s. This is the journal's own
   write speed, without CSV parsing.
 * replay: ``tickerml replay --stats-json`` in a fresh process (so peak RSS is the
-  replay's own), once with no strategy and once with the example strategy: rows/s
-  (``events_per_s``, the unit the peers use), journal events/s, peak RSS.
+  replay's own), with no strategy, with the example signal strategy (decisions, no
+  orders) and with the market maker re-quoting both sides every 100 book events
+  through the execution simulator (orders, queue positions, fills): rows/s
+  (``events_per_s``, the unit the peers use), journal events/s, fills, peak RSS.
 
 Each replay process runs on one core (the kernel is single-threaded).
 """
@@ -123,6 +125,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="use these Tardis files instead of synthesising")
     ap.add_argument("--work", type=Path, help="working directory (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
+    ap.add_argument(
+        "--strategies",
+        default="none,imbalance,market_maker",
+        help="comma list of strategies to replay (default none,imbalance,market_maker)",
+    )
     args = ap.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="tickerml-bench-"))
@@ -169,7 +176,7 @@ def main() -> None:
             "journal_mb": round(db.stat().st_size / 2**20, 1),
         }
         result["append"] = raw_append_rate(db, work)
-        for strategy in ("none", "imbalance"):
+        for strategy in args.strategies.split(","):
             stats_file = work / f"stats-{strategy}.json"
             wall, rss, _ = run_timed(
                 [
@@ -209,6 +216,8 @@ def main() -> None:
                     "events_per_s",
                     "messages_per_s",
                     "decisions",
+                    "fills",
+                    "outputs",
                     "state_hash",
                 )
             } | {"peak_rss_mb": round(rss, 1), "process_wall_s": round(wall, 2)}

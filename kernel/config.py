@@ -111,7 +111,9 @@ class PortfolioConfig(_Config, frozen=True):
 
 class EngineConfig(_Config, frozen=True):
     """The kernel fold. ``reject_invalid_book`` refuses crossed/negative book messages
-    (journaled as DataQuality); ``max_decisions_per_event`` bounds a strategy's output."""
+    (journaled as DataQuality); ``max_decisions_per_event`` bounds a strategy's actions
+    (decisions, orders, cancels, amends) per input: more are refused and counted in one
+    DataQuality ``output_limit`` event. Venue responses are never limited."""
 
     sync: SyncConfig = msgspec.field(default_factory=SyncConfig)
     reject_invalid_book: bool = True

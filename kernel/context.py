@@ -80,8 +80,11 @@ class StrategyContext:
         confidence: float = 0.0,
         model_id: str = "",
     ) -> str:
-        """Journal a decision with its reasoning; returns its ``decision_id``."""
+        """Journal a decision with its reasoning; returns its ``decision_id`` ("" when
+        refused: over ``max_decisions_per_event`` for this input)."""
         eng = self._engine
+        if not eng._spend():
+            return ""
         eng.decisions += 1
         decision_id = f"{eng.session_id}:d{eng.decisions}"
         now = eng.now
@@ -123,7 +126,8 @@ class StrategyContext:
         decision_id: str = "",
         order_id: str | None = None,
     ) -> str:
-        """Send an order (sizes and prices in the instrument's units); returns its id.
+        """Send an order (sizes and prices in the instrument's units); returns its id
+        ("" when refused: over ``max_decisions_per_event`` for this input).
 
         It reaches the simulated venue after the exchange's entry latency; responses
         (``OrderAccepted``, ``Fill``...) come back through ``on_order`` after the

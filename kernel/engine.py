@@ -152,6 +152,8 @@ class Engine:
         self._sched: list[SchedEntry] = []
         self._timer_seq = 0
         self._out: list[Event] = []
+        self._budget = config.max_decisions_per_event
+        self._refused = 0
         self.orders: dict[str, OrderView] = {}
         self._order_seq = 0
         self._funding_keys: set[str] = set()
@@ -260,6 +262,8 @@ class Engine:
         order_id: str | None = None,
     ) -> str:
         inst = self.instruments.get(exchange, symbol)  # unknown: the strategy's bug
+        if not self._spend():
+            return ""
         if order_id is None:
             self._order_seq += 1
             order_id = f"o{self._order_seq}"
@@ -313,6 +317,8 @@ class Engine:
         return order_id
 
     def cancel_order(self, order_id: str, reason: str = "") -> None:
+        if not self._spend():
+            return
         view = self.orders.get(order_id)
         now = self.now
         if view is None:
@@ -335,6 +341,8 @@ class Engine:
         self._schedule(self.venue.arrival_time(view.exchange, now), ARRIVAL, req)
 
     def amend_order(self, order_id: str, size: int = 0, price: int = 0) -> None:
+        if not self._spend():
+            return
         view = self.orders.get(order_id)
         now = self.now
         if view is None:
@@ -582,13 +590,21 @@ class Engine:
             elif kind == SNAPSHOT:
                 self._portfolio_snapshot()
 
+    def _spend(self) -> bool:
+        """One strategy action (decision, order, cancel, amend) out of the per-input
+        budget ``max_decisions_per_event``; False (and counted) when it is used up."""
+        if self._budget > 0:
+            self._budget -= 1
+            return True
+        self._refused += 1
+        return False
+
     def _drain(self) -> tuple[Event, ...]:
         out = self._out
         limit = self.config.max_decisions_per_event
-        if len(out) > limit:
-            # A runaway strategy must not flood the journal; what was cut is recorded.
-            dropped = len(out) - limit
-            out = out[:limit]
+        self._budget = limit
+        if self._refused:
+            # A runaway strategy must not flood the journal; what was refused is recorded.
             out.append(
                 DataQuality(
                     ts_event=self.now,
@@ -596,10 +612,12 @@ class Engine:
                     rule="output_limit",
                     exchange="",
                     symbol="",
-                    detail=f"{dropped} kernel outputs over max_decisions_per_event={limit}",
+                    detail=f"{self._refused} strategy actions refused over "
+                    f"max_decisions_per_event={limit}",
                     rejected=True,
                 )
             )
+            self._refused = 0
         self._out = []
         self.outputs += len(out)
         return tuple(out)

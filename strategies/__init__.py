@@ -5,8 +5,12 @@ from __future__ import annotations
 from kernel.config import StrategyConfig
 from strategies.base import BaseStrategy, Strategy
 from strategies.imbalance import ImbalanceStrategy
+from strategies.market_maker import MarketMakerStrategy
 
-STRATEGIES = {"imbalance": ImbalanceStrategy}
+STRATEGIES: dict[str, type[ImbalanceStrategy] | type[MarketMakerStrategy]] = {
+    "imbalance": ImbalanceStrategy,
+    "market_maker": MarketMakerStrategy,
+}
 
 
 def build_strategy(config: StrategyConfig) -> Strategy | None:
@@ -23,4 +27,11 @@ def build_strategy(config: StrategyConfig) -> Strategy | None:
     return cls.from_params(dict(config.params))
 
 
-__all__ = ["STRATEGIES", "BaseStrategy", "ImbalanceStrategy", "Strategy", "build_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "BaseStrategy",
+    "ImbalanceStrategy",
+    "MarketMakerStrategy",
+    "Strategy",
+    "build_strategy",
+]

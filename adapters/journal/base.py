@@ -17,15 +17,22 @@ Idempotence
 Canonical order (``read_range``)
     ``(ts_recv, priority, exchange, symbol, src_seq, stream, seq)``: the order in which the
     kernel consumes market data (see :func:`kernel.events.order_key`).
+Read models
+    Projections of events (``portfolio_state``, ``trade_history``, ...) stored beside the
+    journal, one row set per session: :meth:`Journal.write_read_model` replaces a
+    session's rows in one transaction, :meth:`Journal.read_read_model` reads them back in
+    the order written. They are derived data, never events: dropping or rebuilding them
+    changes nothing in the journal (``tickerml project --rebuild``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Self
+from typing import Literal, Self
 
 import msgspec
 
@@ -125,6 +132,113 @@ class VerifyReport(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
+ReadModelType = Literal["int", "float", "text"]
+"""A read-model column's type: 64-bit integer, float, or text (JSON is text)."""
+
+ReadModelValue = int | float | str | None
+"""One cell of a read model; ``None`` (SQL NULL) is allowed in every column."""
+
+READ_MODEL_RESERVED = frozenset({"session_id", "row_no"})
+"""Columns every read-model table has and that callers do not declare: ``session_id``
+(the key of a row set) and ``row_no`` (the order rows were written in, from 0)."""
+
+JOURNAL_TABLES = frozenset({"meta", "streams", "events", "read_models"})
+"""Names a read model may not take: the journal's own tables (in any backend)."""
+
+_READ_MODEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class ReadModelColumn(msgspec.Struct, frozen=True):
+    """A declared read-model column (``session_id`` and ``row_no`` are implicit)."""
+
+    name: str
+    type: ReadModelType
+
+
+class ReadModelRows(msgspec.Struct, frozen=True):
+    """What :meth:`Journal.read_read_model` returns: ``columns`` start with
+    ``session_id``; ``rows`` are ordered by session id, then in the order written.
+    A table never written has no columns and no rows."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[tuple[ReadModelValue, ...]]
+
+
+def check_read_model(table: str, columns: Sequence[ReadModelColumn]) -> None:
+    """Raise :class:`JournalError` unless ``table`` and ``columns`` are usable names (lower
+    case identifiers, so that every backend may use them as SQL names unquoted)."""
+    if not _READ_MODEL_NAME.fullmatch(table) or table in JOURNAL_TABLES:
+        raise JournalError(
+            f"read model name {table!r} is not allowed (lower-case letters, digits and _, "
+            f"not one of the journal's tables {sorted(JOURNAL_TABLES)})"
+        )
+    seen: set[str] = set()
+    for col in columns:
+        if not _READ_MODEL_NAME.fullmatch(col.name) or col.name in READ_MODEL_RESERVED:
+            raise JournalError(f"read model {table}: column name {col.name!r} is not allowed")
+        if col.name in seen:
+            raise JournalError(f"read model {table}: column {col.name!r} declared twice")
+        if col.type not in ("int", "float", "text"):
+            raise JournalError(f"read model {table}: column {col.name} has type {col.type!r}")
+        seen.add(col.name)
+
+
+def _fits(kind: ReadModelType, v: object) -> bool:
+    """Whether a column of type ``kind`` may hold ``v`` (bool is not a number here)."""
+    if v is None:
+        return True
+    if kind == "text":
+        return isinstance(v, str)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    if kind == "int":
+        return isinstance(v, int) and _INT64[0] <= v <= _INT64[1]
+    return True
+
+
+def check_read_model_rows(
+    table: str,
+    columns: Sequence[ReadModelColumn],
+    rows: Iterable[Sequence[ReadModelValue]],
+) -> list[tuple[ReadModelValue, ...]]:
+    """The rows as tuples, each value checked against its column's type (an int is
+    accepted for a float column and stored as a float; ints must fit 64 bits). Raises
+    :class:`JournalError` naming the row and column otherwise."""
+    out: list[tuple[ReadModelValue, ...]] = []
+    width = len(columns)
+    for n, row in enumerate(rows):
+        if len(row) != width:
+            raise JournalError(
+                f"read model {table}: row {n} has {len(row)} values for {width} columns"
+            )
+        values: list[ReadModelValue] = []
+        for col, v in zip(columns, row, strict=True):
+            if not _fits(col.type, v):
+                raise JournalError(
+                    f"read model {table}: row {n} column {col.name} ({col.type}) cannot hold {v!r}"
+                )
+            values.append(float(v) if col.type == "float" and v is not None else v)
+        out.append(tuple(values))
+    return out
+
+
+def read_model_mismatch(
+    table: str, stored: Sequence[ReadModelColumn], given: Sequence[ReadModelColumn]
+) -> str:
+    """The error message for a write whose columns differ from the stored table's."""
+
+    def spec(cols: Sequence[ReadModelColumn]) -> str:
+        return ", ".join(f"{c.name} {c.type}" for c in cols)
+
+    return (
+        f"read model {table} has columns ({spec(stored)}) but the write has "
+        f"({spec(given)}); drop it and rebuild every session "
+        "(`tickerml project --rebuild` without --session)"
+    )
+
+
 class Journal(ABC):
     """Backend-independent journal. Not thread-safe; one writer per stream."""
 
@@ -194,6 +308,34 @@ class Journal(ABC):
     def transaction(self) -> AbstractContextManager[None]:
         """A block whose appends are committed together at its end, or not at all if it
         raises (a long import is all-or-nothing). Nested blocks join the outermost."""
+
+    # -- read models -------------------------------------------------------------------
+
+    @abstractmethod
+    def write_read_model(
+        self,
+        table: str,
+        session_id: str,
+        columns: Sequence[ReadModelColumn],
+        rows: Iterable[Sequence[ReadModelValue]],
+    ) -> int:
+        """Replace ``session_id``'s rows of read model ``table`` with ``rows`` (one value
+        per column, in ``columns`` order), in one transaction; returns the row count.
+
+        The table is created on first write. Writing with columns other than those the
+        table was created with raises :class:`JournalError` (drop it first: the rows are
+        derived, :meth:`drop_read_model` loses nothing that cannot be rebuilt). Inside
+        :meth:`transaction` the write joins the block.
+        """
+
+    @abstractmethod
+    def read_read_model(self, table: str, session_id: str | None = None) -> ReadModelRows:
+        """Rows of read model ``table`` (of one session, or of all sessions ordered by
+        session id), each session's rows in the order written."""
+
+    @abstractmethod
+    def drop_read_model(self, table: str) -> None:
+        """Remove read model ``table`` with every session's rows (nothing if absent)."""
 
     @abstractmethod
     def close(self) -> None: ...

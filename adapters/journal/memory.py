@@ -7,7 +7,7 @@ published, so a failure anywhere in a batch leaves the journal exactly as it was
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from adapters.journal.base import (
     GENESIS_HASH,
@@ -15,9 +15,15 @@ from adapters.journal.base import (
     JournalError,
     JournalRecord,
     PreparedEvent,
+    ReadModelColumn,
+    ReadModelRows,
+    ReadModelValue,
     StreamInfo,
     VerifyReport,
     chain_hash,
+    check_read_model,
+    check_read_model_rows,
+    read_model_mismatch,
 )
 from kernel.events import EventDecodeError, MarketEvent, decode, kind_of
 
@@ -72,8 +78,26 @@ def _canonical_key(r: JournalRecord) -> tuple[int, int, str, str, int, str, int]
     return (r.ts_recv, r.priority, r.exchange, r.symbol, r.src_seq, r.stream, r.seq)
 
 
+class _ReadModel:
+    """One in-memory read model: its declared columns and each session's rows."""
+
+    __slots__ = ("columns", "sessions")
+
+    def __init__(
+        self,
+        columns: tuple[ReadModelColumn, ...],
+        sessions: dict[str, list[tuple[ReadModelValue, ...]]] | None = None,
+    ) -> None:
+        self.columns = columns
+        self.sessions: dict[str, list[tuple[ReadModelValue, ...]]] = sessions or {}
+
+    def copy(self) -> _ReadModel:
+        return _ReadModel(self.columns, dict(self.sessions))
+
+
 class MemoryJournal(Journal):
-    """Rows kept in per-stream lists (index ``seq - 1``); ids in one dict."""
+    """Rows kept in per-stream lists (index ``seq - 1``); ids in one dict. Read models
+    are kept in dicts by table, then by session id."""
 
     def __init__(self) -> None:
         self._rows: dict[str, list[JournalRecord]] = {}
@@ -83,6 +107,9 @@ class MemoryJournal(Journal):
         # Inside transaction(): each touched stream's length before it, and the ids added.
         self._undo_lengths: dict[str, int] = {}
         self._undo_ids: list[bytes] = []
+        self._models: dict[str, _ReadModel] = {}
+        # Inside transaction(): each touched read model as it was before (None: absent).
+        self._undo_models: dict[str, _ReadModel | None] = {}
 
     def _check_open(self) -> None:
         if self._closed:
@@ -160,11 +187,17 @@ class MemoryJournal(Journal):
                     self._rows.pop(stream, None)
             for eid in self._undo_ids:
                 self._ids.pop(eid, None)
+            for table, model in self._undo_models.items():
+                if model is None:
+                    self._models.pop(table, None)
+                else:
+                    self._models[table] = model
             raise
         finally:
             self._txn_depth = 0
             self._undo_lengths = {}
             self._undo_ids = []
+            self._undo_models = {}
 
     def read(
         self,
@@ -234,6 +267,50 @@ class MemoryJournal(Journal):
             for name, rows in sorted(self._rows.items())
             if rows
         ]
+
+    # -- read models -------------------------------------------------------------------
+
+    def _remember_model(self, table: str) -> None:
+        """Inside transaction(): keep ``table`` as it was before the block touched it."""
+        if self._txn_depth and table not in self._undo_models:
+            model = self._models.get(table)
+            self._undo_models[table] = None if model is None else model.copy()
+
+    def write_read_model(
+        self,
+        table: str,
+        session_id: str,
+        columns: Sequence[ReadModelColumn],
+        rows: Iterable[Sequence[ReadModelValue]],
+    ) -> int:
+        self._check_open()
+        cols = tuple(columns)
+        check_read_model(table, cols)
+        checked = check_read_model_rows(table, cols, rows)  # before anything changes
+        model = self._models.get(table)
+        if model is not None and model.columns != cols:
+            raise JournalError(read_model_mismatch(table, model.columns, cols))
+        self._remember_model(table)
+        if model is None:
+            model = self._models[table] = _ReadModel(cols)
+        model.sessions[session_id] = checked
+        return len(checked)
+
+    def read_read_model(self, table: str, session_id: str | None = None) -> ReadModelRows:
+        self._check_open()
+        model = self._models.get(table)
+        if model is None:
+            return ReadModelRows(table=table, columns=(), rows=[])
+        names = ("session_id", *(c.name for c in model.columns))
+        ids = sorted(model.sessions) if session_id is None else [session_id]
+        rows = [(sid, *row) for sid in ids for row in model.sessions.get(sid, [])]
+        return ReadModelRows(table=table, columns=names, rows=rows)
+
+    def drop_read_model(self, table: str) -> None:
+        self._check_open()
+        if table in self._models:
+            self._remember_model(table)
+            del self._models[table]
 
     def close(self) -> None:
         self._closed = True

@@ -19,6 +19,12 @@ Schema (version 2)
     stored, it is the previous row's ``hash`` and is filled in when reading. The
     canonical-order index is partial (market streams only) so session rows do not bloat
     it. Pages are 16 KiB: with WAL this more than doubles append speed over 4 KiB.
+Read models
+    Each read model is a real table of that name in the same file, created on first write:
+    ``session_id TEXT, row_no INTEGER`` (primary key, clustered) and the declared
+    columns (INTEGER, REAL, TEXT). ``read_models`` lists them with their declared
+    columns (JSON), so a write with other columns is refused and a journal table can
+    never be dropped by mistake. These tables are additive: the schema version stays 2.
 Replay fast path
     When a range read can only match one market stream, holding one instrument, whose
     rows were appended in canonical order, it is read straight off the clustered key
@@ -30,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +48,14 @@ from adapters.journal.base import (
     JournalError,
     JournalRecord,
     PreparedEvent,
+    ReadModelColumn,
+    ReadModelRows,
+    ReadModelValue,
     StreamInfo,
     VerifyReport,
+    check_read_model,
+    check_read_model_rows,
+    read_model_mismatch,
 )
 from adapters.journal.memory import check_row
 
@@ -112,6 +124,13 @@ _LEN_PREFIX = tuple(bytes((n,)) for n in range(256))
 
 _TRANSACTION = ("BEGIN IMMEDIATE", "COMMIT")
 _SAVEPOINT = ("SAVEPOINT append_prepared", "RELEASE append_prepared")
+
+_READ_MODELS_DDL = (
+    "CREATE TABLE IF NOT EXISTS read_models "
+    "(name TEXT PRIMARY KEY, columns TEXT NOT NULL) WITHOUT ROWID"
+)
+_SQL_TYPES = {"int": "INTEGER", "float": "REAL", "text": "TEXT"}
+_COLUMNS_CODEC = (msgspec.json.Encoder(), msgspec.json.Decoder(tuple[ReadModelColumn, ...]))
 
 
 class _Stream(msgspec.Struct):
@@ -595,6 +614,104 @@ class SqliteJournal(Journal):
         lo = 1 if start_ns is None or start_ns <= first_ts else first_seq_at_or_after(start_ns)
         hi = last_seq if end_ns is None or end_ns > last_ts else first_seq_at_or_after(end_ns) - 1
         return lo, hi
+
+    # -- read models -------------------------------------------------------------------
+
+    def _model_columns(
+        self, conn: sqlite3.Connection, table: str
+    ) -> tuple[ReadModelColumn, ...] | None:
+        """The declared columns of read model ``table``; None if it does not exist."""
+        if (
+            conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'read_models'"
+            ).fetchone()
+            is None
+        ):
+            return None
+        row = conn.execute("SELECT columns FROM read_models WHERE name = ?", (table,)).fetchone()
+        return None if row is None else _COLUMNS_CODEC[1].decode(row[0])
+
+    @contextlib.contextmanager
+    def _write_block(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One transaction (a savepoint inside transaction()) around a read-model write."""
+        conn = self._writer()
+        outer = self._txn_depth > 0
+        begin, end = ("SAVEPOINT read_model", "RELEASE read_model") if outer else _TRANSACTION
+        try:
+            conn.execute(begin)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{what}: cannot begin: {exc}") from exc
+        try:
+            yield conn
+            conn.execute(end)
+        except BaseException as exc:
+            if outer:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO read_model")
+                    conn.execute("RELEASE read_model")
+            else:
+                _rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise JournalError(f"{what} failed (nothing changed): {exc}") from exc
+            raise
+
+    def write_read_model(
+        self,
+        table: str,
+        session_id: str,
+        columns: Sequence[ReadModelColumn],
+        rows: Iterable[Sequence[ReadModelValue]],
+    ) -> int:
+        cols = tuple(columns)
+        check_read_model(table, cols)
+        checked = check_read_model_rows(table, cols, rows)
+        with self._write_block(f"write read model {table}") as conn:
+            stored = self._model_columns(conn, table)
+            if stored is None:
+                conn.execute(_READ_MODELS_DDL)
+                if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+                    raise JournalError(f"{self.path}: {table!r} exists and is not a read model")
+                decl = "".join(f", {c.name} {_SQL_TYPES[c.type]}" for c in cols)
+                conn.execute(
+                    f"CREATE TABLE {table} (session_id TEXT NOT NULL, row_no INTEGER NOT NULL"
+                    f"{decl}, PRIMARY KEY (session_id, row_no)) WITHOUT ROWID"
+                )
+                conn.execute(
+                    "INSERT INTO read_models (name, columns) VALUES (?, ?)",
+                    (table, _COLUMNS_CODEC[0].encode(cols).decode()),
+                )
+            elif stored != cols:
+                raise JournalError(read_model_mismatch(table, stored, cols))
+            conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+            names = ", ".join(["session_id", "row_no", *(c.name for c in cols)])
+            marks = ",".join("?" * (len(cols) + 2))
+            conn.executemany(
+                f"INSERT INTO {table} ({names}) VALUES ({marks})",
+                [(session_id, n, *row) for n, row in enumerate(checked)],
+            )
+        return len(checked)
+
+    def read_read_model(self, table: str, session_id: str | None = None) -> ReadModelRows:
+        conn = self._reader()
+        check_read_model(table, ())
+        cols = self._model_columns(conn, table)
+        if cols is None:
+            return ReadModelRows(table=table, columns=(), rows=[])
+        names = ("session_id", *(c.name for c in cols))
+        sql = f"SELECT {', '.join(names)} FROM {table}"
+        params: tuple[str, ...] = ()
+        if session_id is not None:
+            sql += " WHERE session_id = ?"
+            params = (session_id,)
+        rows = conn.execute(sql + " ORDER BY session_id, row_no", params).fetchall()
+        return ReadModelRows(table=table, columns=names, rows=rows)
+
+    def drop_read_model(self, table: str) -> None:
+        check_read_model(table, ())
+        with self._write_block(f"drop read model {table}") as conn:
+            if self._model_columns(conn, table) is not None:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+                conn.execute("DELETE FROM read_models WHERE name = ?", (table,))
 
     # -- verify / inspect ------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""A simple inventory-aware market maker: quotes both sides at the touch.
+
+Every ``requote_every`` book events of an instrument it re-quotes: a bid at the best
+bid and an ask at the best ask, each ``spread_ticks`` further out, both shifted by
+``skew_ticks`` per ``size`` of inventory against the position (long -> lower quotes, so
+the ask fills first). A quote already at the right price and size is left alone (it
+keeps its queue priority); otherwise it is cancelled and replaced. No bid while the
+position is at ``+max_inventory`` (no ask at ``-max_inventory``); on spot it never asks
+for more than it holds. Every re-quote is a ``Decision`` naming the touch, the
+inventory and the skew.
+
+Sizes are decimal strings in base units (``"0.01"``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from kernel.config import ParamValue
+from kernel.context import StrategyContext
+from kernel.events import BookDelta, BookSnapshot, Event, MarketEvent, Side
+from strategies.base import BaseStrategy
+
+
+class _State(msgspec.Struct, array_like=True):
+    book_events: dict[str, int] = msgspec.field(default_factory=dict)
+    quotes: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    requotes: int = 0
+
+
+class MarketMakerStrategy(BaseStrategy):
+    name = "market_maker"
+
+    def __init__(
+        self,
+        size: str = "0.01",
+        requote_every: int = 100,
+        spread_ticks: int = 0,
+        skew_ticks: int = 1,
+        max_inventory: str = "0.05",
+    ) -> None:
+        if requote_every < 1 or spread_ticks < 0 or skew_ticks < 0:
+            raise ValueError("need requote_every >= 1, spread_ticks >= 0, skew_ticks >= 0")
+        self.size_text = str(size)
+        self.requote_every = requote_every
+        self.spread_ticks = spread_ticks
+        self.skew_ticks = skew_ticks
+        self.max_inventory_text = str(max_inventory)
+        self._st = _State()
+
+    @classmethod
+    def from_params(cls, params: dict[str, ParamValue]) -> MarketMakerStrategy:
+        known = {"size", "requote_every", "spread_ticks", "skew_ticks", "max_inventory"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(
+                f"market_maker: unknown parameter(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**params)  # type: ignore[arg-type]
+
+    def on_market(self, ctx: StrategyContext, event: MarketEvent) -> None:
+        if not isinstance(event, BookDelta | BookSnapshot):
+            return
+        key = f"{event.exchange}:{event.symbol}"
+        st = self._st
+        n = st.book_events.get(key, 0) + 1
+        st.book_events[key] = n
+        if n % self.requote_every:
+            return
+        book = ctx.book(event.exchange, event.symbol)
+        if book is None:
+            return
+        bb, ba = book.best_bid(), book.best_ask()
+        if bb is None or ba is None:
+            return
+        inst = ctx.instrument(event.exchange, event.symbol)
+        size = inst.size(self.size_text)
+        max_inv = inst.size(self.max_inventory_text)
+        inv = ctx.position(event.exchange, event.symbol)
+        tick = inst.tick_size
+        skew = (inv * self.skew_ticks // size) * tick if size else 0
+        bid_px = bb[0] - self.spread_ticks * tick - skew
+        ask_px = ba[0] + self.spread_ticks * tick - skew
+        if bid_px >= ask_px:
+            bid_px = ask_px - tick
+        want: dict[Side, tuple[int, int]] = {}
+        if inv < max_inv and bid_px > 0:
+            want["buy"] = (bid_px, min(size, max_inv - inv))
+        ask_size = min(size, inv + max_inv) if inst.kind == "perp" else min(size, inv)
+        if ask_size > 0:
+            want["sell"] = (ask_px, ask_size)
+        keep: list[str] = []
+        changes = []
+        for oid in st.quotes.get(key, []):
+            view = ctx.order(oid)
+            if view is None:
+                continue
+            target = want.get(view.side)
+            if (
+                target is not None
+                and view.price == target[0]
+                and view.size - view.filled == target[1]
+            ):
+                keep.append(oid)
+                del want[view.side]
+            else:
+                changes.append(oid)
+        if not changes and not want:
+            st.quotes[key] = keep
+            return
+        st.requotes += 1
+        quote = ", ".join(
+            f"{side} {inst.size_text(q)} @ {inst.price_text(p)}" for side, (p, q) in want.items()
+        )
+        did = ctx.decide(
+            event.exchange,
+            event.symbol,
+            "quote",
+            f"requote after {self.requote_every} book events: touch "
+            f"{inst.price_text(bb[0])}/{inst.price_text(ba[0])}, inventory "
+            f"{inst.size_text(inv)} (max {self.max_inventory_text}) -> skew "
+            f"{inst.price_text(skew)}; cancel {len(changes)}, new: {quote or 'none'}",
+            features=(
+                ("best_bid", inst.price_float(bb[0])),
+                ("best_ask", inst.price_float(ba[0])),
+                ("inventory", inv / 10**inst.size_decimals),
+                ("skew_ticks", skew / tick),
+            ),
+            confidence=0.5,
+        )
+        for oid in changes:
+            ctx.cancel(oid, "requote")
+        for side, (p, q) in want.items():
+            oid = ctx.submit(event.exchange, event.symbol, side, q, price=p, decision_id=did)
+            if oid:
+                keep.append(oid)
+        st.quotes[key] = keep
+
+    def on_order(self, ctx: StrategyContext, event: Event) -> None:
+        return None
+
+    def snapshot_state(self) -> bytes:
+        return msgspec.msgpack.encode(self._st)
+
+    def restore_state(self, state: bytes) -> None:
+        self._st = msgspec.msgpack.decode(state, type=_State) if state else _State()
