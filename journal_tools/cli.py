@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_scenario,
         "run a scripted scenario (book, trades, orders) and print every output as JSON lines",
     )
-    sp.add_argument("file", help="scenario JSON file (format: docs/scenarios.md)")
+    sp.add_argument("file", help="scenario JSON file (format: docs/execution.md)")
 
     sp = add(
         "project",

@@ -103,8 +103,8 @@ from adapters.journal.base import (
 )
 from kernel.config import AppConfig
 from kernel.events import (
-    AnyEvent,
     Decision,
+    Event,
     Fill,
     FillToxic,
     FundingPayment,
@@ -337,7 +337,7 @@ class SessionEvents:
     started: SessionStarted
     config: AppConfig
     instruments: InstrumentRegistry
-    events: tuple[tuple[int, AnyEvent], ...]
+    events: tuple[tuple[int, Event], ...]
     ended: SessionEnded | None
 
     @property
@@ -370,7 +370,7 @@ def session_config(started: SessionStarted, fallback: AppConfig | None = None) -
 
 
 def session_events(
-    events: Iterable[AnyEvent], fallback_config: AppConfig | None = None
+    events: Iterable[Event], fallback_config: AppConfig | None = None
 ) -> SessionEvents:
     """Wrap a session stream's events, in stream order (the first has seq 1)."""
     evs = list(events)
@@ -860,6 +860,9 @@ def rebuild(
 
 Format = Literal["table", "json", "csv"]
 
+TEXT_WIDTH = 48
+"""Widest a text or JSON column gets in ``--show`` tables (longer cells fold)."""
+
 
 def _row_instrument(
     table: str, row: dict[str, ReadModelValue], registry: InstrumentRegistry | None
@@ -925,6 +928,7 @@ def show(
     fallback_config: AppConfig | None = None,
 ) -> int:
     """Print read model ``table`` to stdout; returns the number of rows printed."""
+    from rich.measure import Measurement
     from rich.table import Table
 
     from journal_tools.cli import console, out
@@ -962,10 +966,21 @@ def show(
         title = f"{table}: {len(rows)} of {len(stored.rows)} rows"
         t = Table(title=title)
         for c in stored.columns:
-            t.add_column(c, overflow="fold", justify="right" if units.get(c) != "text" else "left")
+            if units.get(c, "text") in ("text", "json"):
+                t.add_column(c, overflow="fold", max_width=TEXT_WIDTH)
+            else:
+                t.add_column(c, justify="right", no_wrap=True)
         for r in rendered:
             t.add_row(*(str(v) for v in r))
-        out.print(t)
+        # Every cell whole, like psql: a table wider than the terminal wraps (or scrolls
+        # in `less -S`) rather than squeezing columns to nothing.
+        natural = Measurement.get(out, out.options.update_width(4000), t).maximum
+        terminal = out.width
+        out.width = max(terminal, natural)
+        try:
+            out.print(t)
+        finally:
+            out.width = terminal
     sys.stdout.flush()
     return len(rows)
 
@@ -1012,6 +1027,7 @@ def cli_project(args: argparse.Namespace, journal: Journal, config: AppConfig) -
 __all__ = [
     "PERFORMANCE_METRICS",
     "PORTFOLIO_STATE",
+    "ROW_TYPES",
     "SCHEMAS",
     "TABLES",
     "TRADE_DECISIONS",
@@ -1035,6 +1051,8 @@ __all__ = [
     "session_events",
     "sharpe_ratio",
     "show",
+    "storage_columns",
+    "storage_row",
     "trade_decisions",
     "trade_history",
     "win_rate",

@@ -1,6 +1,6 @@
 """``tickerml scenario FILE.json``: pin fill behaviour with a scripted market.
 
-A scenario is one JSON object (format in docs/scenarios.md)::
+A scenario is one JSON object (format in docs/execution.md)::
 
     {
       "instrument": {"exchange": "BINANCE", "symbol": "BTC-USDT", "kind": "spot",

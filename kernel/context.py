@@ -86,7 +86,9 @@ class StrategyContext:
         if not eng._spend():
             return ""
         eng.decisions += 1
-        decision_id = f"{eng.session_id}:d{eng.decisions}"
+        # Session-local ("d7"): the session stream makes it unique, and the kernel state
+        # (which holds it in orders) must not depend on the session's id.
+        decision_id = f"d{eng.decisions}"
         now = eng.now
         eng.emit(
             Decision(

@@ -51,6 +51,39 @@ def test_replay_twice_same_state_hash_and_verify(
     assert "verified" in capsys.readouterr().out
 
 
+def test_market_maker_session_trades_and_verifies(
+    market: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Orders, latency draws, queue positions and fills replay byte for byte."""
+    work, dsn = market
+    a = replay(dsn, work, "--strategy", "market_maker", "--exchange", "binance")
+    b = replay(dsn, work, "--strategy", "market_maker", "--exchange", "binance")
+    assert int(a["fills"]) > 0  # type: ignore[call-overload]
+    assert (a["state_hash"], a["fills"], a["outputs"]) == (
+        b["state_hash"],
+        b["fills"],
+        b["outputs"],
+    )
+    capsys.readouterr()
+    assert main(["replay", "--journal", dsn, "--session", str(a["session_id"]), "--verify"]) == 0
+    assert "verified" in capsys.readouterr().out
+
+
+def test_scenario_prints_json_lines(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["scenario", str(ROOT / "tests" / "scenarios" / "market_walk.json")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    fills = [(x["price"], x["size"]) for x in lines if x["kind"] == "Fill"]
+    assert fills == [("100.1", "10.000"), ("100.2", "2.000"), ("100.2", "3.000")]
+    assert lines[-1]["kind"] == "final" and lines[-1]["orders"]["m1"]["avg_price"] == "100.11666667"
+    bad = tmp_path / "bad.json"
+    raw = json.loads((ROOT / "tests" / "scenarios" / "market_walk.json").read_text())
+    raw["events"][1]["size"] = "12.0001"  # finer than the lot
+    bad.write_text(json.dumps(raw))
+    assert main(["scenario", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "events[1]" in err and "12.0001" in err
+
+
 def test_range_and_filters_change_the_inputs(market: tuple[Path, str]) -> None:
     work, dsn = market
     full = replay(dsn, work, "--strategy", "none")
@@ -137,7 +170,17 @@ def test_bad_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_help_everywhere() -> None:
-    for cmd in ([], ["synth"], ["import", "tardis"], ["replay"], ["verify"], ["audit"], ["demo"]):
+    for cmd in (
+        [],
+        ["synth"],
+        ["import", "tardis"],
+        ["replay"],
+        ["verify"],
+        ["audit"],
+        ["scenario"],
+        ["project"],
+        ["demo"],
+    ):
         proc = subprocess.run(
             [sys.executable, "-m", "journal_tools.cli", *cmd, "--help"],
             capture_output=True,

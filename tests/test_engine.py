@@ -110,7 +110,7 @@ def test_golden_sequence_exact_values() -> None:
         (13000, "BINANCE", "buy"),
         (16000, "KRAKEN", "hold"),
     ]
-    assert [d.decision_id for d in decisions] == [f"golden:d{i}" for i in range(1, 6)]
+    assert [d.decision_id for d in decisions] == [f"d{i}" for i in range(1, 6)]
     assert decisions[0].reasoning == (
         "imbalance(1)=0.600 >= 0.60; bid depth 0.400 vs ask depth 0.100; "
         "microprice 60000.800 vs mid 60000.50; signal hold -> buy"

@@ -670,3 +670,44 @@ def test_halt_cancels_open_orders_and_refuses_new_ones() -> None:
     assert (c["order_id"], c["reason"]) == ("b1", "halt: operator test")
     (r,) = of(rows, "OrderRejected")
     assert (r["order_id"], r["reason"]) == ("b2", "halted: kill switch on")
+
+
+def test_action_budget_limits_strategy_actions_not_venue_responses() -> None:
+    from kernel.config import EngineConfig, LatencyProfile
+    from kernel.context import StrategyContext
+    from kernel.engine import Engine
+    from kernel.events import BookSnapshot, DataQuality, Fill, MarketEvent, OrderSubmitted
+    from kernel.instruments import Instrument
+    from strategies.base import BaseStrategy
+
+    class Spammer(BaseStrategy):
+        name = "spam"
+
+        def on_market(self, ctx: StrategyContext, event: MarketEvent) -> None:
+            for _ in range(10):  # 10 orders, each crossing: 10 fills come back at once
+                ctx.submit("BINANCE", "BTC-USDT", "buy", 1, order_type="market")
+
+    inst = Instrument(**INSTRUMENT)  # type: ignore[arg-type]
+    instant = LatencyProfile(model="constant", entry_mean_ms=0, response_mean_ms=0)
+    eng = Engine(
+        EngineConfig(max_decisions_per_event=4),
+        [inst],
+        Spammer(),
+        seed=1,
+        latency={"BINANCE": instant},
+    )
+    snap = BookSnapshot(
+        ts_event=1,
+        ts_recv=1,
+        exchange="BINANCE",
+        symbol="BTC-USDT",
+        seq=1,
+        bids=((1000, 10_000),),
+        asks=((1001, 10_000),),
+    )
+    outs = eng.apply(snap)
+    assert sum(isinstance(o, OrderSubmitted) for o in outs) == 4
+    assert sum(isinstance(o, Fill) for o in outs) == 4  # every response of those 4
+    (dq,) = [o for o in outs if isinstance(o, DataQuality)]
+    assert dq.rule == "output_limit"
+    assert dq.detail == "6 strategy actions refused over max_decisions_per_event=4"

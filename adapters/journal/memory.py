@@ -298,6 +298,7 @@ class MemoryJournal(Journal):
 
     def read_read_model(self, table: str, session_id: str | None = None) -> ReadModelRows:
         self._check_open()
+        check_read_model(table, ())
         model = self._models.get(table)
         if model is None:
             return ReadModelRows(table=table, columns=(), rows=[])
@@ -308,6 +309,7 @@ class MemoryJournal(Journal):
 
     def drop_read_model(self, table: str) -> None:
         self._check_open()
+        check_read_model(table, ())
         if table in self._models:
             self._remember_model(table)
             del self._models[table]
