@@ -141,9 +141,27 @@ class L2Book:
         if asks:
             self._check_levels(asks, "ask")
         bid_side, ask_side = self.bids, self.asks
+        # Fast path: the final best bid is at most max(best bid, new bids) and the final
+        # best ask at least min(best ask, new asks) (deletions only widen the spread), so
+        # if those bounds do not meet the update cannot cross and needs no undo log.
+        bk, ak = bid_side.keys, ask_side.keys
+        hi = bk[-1] if bk else None
+        lo = -ak[-1] if ak else None
+        for p, s in bids:
+            if s and (hi is None or p > hi):
+                hi = p
+        for p, s in asks:
+            if s and (lo is None or p < lo):
+                lo = p
+        if hi is None or lo is None or hi < lo:
+            for p, s in bids:
+                bid_side.set(p, s)
+            for p, s in asks:
+                ask_side.set(p, s)
+            self.ts_event = ts_event
+            return
         undo_b = [(p, bid_side.set(p, s)) for p, s in bids]
         undo_a = [(p, ask_side.set(p, s)) for p, s in asks]
-        bk, ak = bid_side.keys, ask_side.keys
         if bk and ak and bk[-1] >= -ak[-1]:
             best_bid, best_ask = bk[-1], -ak[-1]
             for p, old in reversed(undo_a):

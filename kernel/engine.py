@@ -485,17 +485,18 @@ class Engine:
         if book is None:
             return
         self.rows_in += len(ev.bids) + len(ev.asks)
-        venue = self.venue
-        prev = venue.before_delta(key, ev) if key in venue.active else None
         try:
-            book.apply_delta(ev.bids, ev.asks, ev.ts_event)
+            if key in self.venue.active:
+                # the venue watches this instrument: it applies the delta around its own
+                # queue bookkeeping (sizes before and after at our levels)
+                self.venue.now = self.now
+                self.venue.apply_delta(key, book, ev)
+            else:
+                book.apply_delta(ev.bids, ev.asks, ev.ts_event)
         except BookError as exc:
             self._quality(ev, exc.rule, exc.detail, True)
             return
         book.seq = ev.seq
-        if key in venue.active:
-            venue.now = self.now
-            venue.on_delta(key, ev, prev)
         if self.strategy is not None:
             self.strategy.on_market(self.ctx, ev)
 

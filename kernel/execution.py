@@ -243,6 +243,7 @@ class Venue:
         # key -> (permanent bp, temporary bp, temporary as of ns); signed (+ = up)
         self.impact: dict[str, tuple[float, float, int]] = {}
         self.watches: dict[str, list[Watch]] = {}
+        self._gates: dict[str, tuple[int, float, float]] = {}
         self.active: set[str] = set()
         self.last_in: dict[str, int] = {}
         self.last_out: dict[str, int] = {}
@@ -429,7 +430,7 @@ class Venue:
         if o.remaining:
             self._expire(o, t, tr)
         else:
-            self.orders.pop(o.order_id, None)
+            self._remove(o)
 
     def _expire(self, o: SimOrder, t: int, tr: int) -> None:
         if self._transition(o, "expired", t, tr):
@@ -552,41 +553,70 @@ class Venue:
 
     # -- market events ---------------------------------------------------------------
 
-    def before_delta(self, key: str, ev: BookDelta) -> list[tuple[int, int, int]] | None:
-        """Sizes, before the update, of the levels it touches where we rest."""
+    def apply_delta(self, key: str, book: L2Book, ev: BookDelta) -> None:
+        """Apply a market delta to ``book`` (raises BookError, nothing changed, if it is
+        invalid) and update queues, depletion, book-through fills, mid-triggered stops
+        and toxicity watches for our orders on this instrument. The hot path of a
+        replay with orders: it tests the cheap conditions first."""
         lv = self.resting.get(key)
-        if lv is None:
-            return None
-        book = self.books[key]
-        prev = []
-        bids, asks = lv
-        for p, _ in ev.bids:
-            if p in bids:
-                prev.append((1, p, book.bids.size_at(p)))
-        for p, _ in ev.asks:
-            if p in asks:
-                prev.append((-1, p, book.asks.size_at(p)))
-        return prev
-
-    def on_delta(self, key: str, ev: BookDelta, prev: list[tuple[int, int, int]] | None) -> None:
+        prev: list[tuple[int, int, int]] | None = None
+        through = False
+        if lv is not None:
+            bids, asks = lv
+            evb, eva = ev.bids, ev.asks
+            if evb:
+                sizes = book.bids.sizes
+                low_ask = min(asks) if asks else None
+                for p, sz in evb:
+                    if p in bids:
+                        item = (1, p, sizes.get(p, 0))
+                        prev = [item] if prev is None else [*prev, item]
+                    elif sz and low_ask is not None and p >= low_ask:
+                        through = True  # a bid at or above our ask: book through
+            if eva:
+                sizes = book.asks.sizes
+                high_bid = max(bids) if bids else None
+                for p, sz in eva:
+                    if p in asks:
+                        item = (-1, p, sizes.get(p, 0))
+                        prev = [item] if prev is None else [*prev, item]
+                    elif sz and high_bid is not None and p <= high_bid:
+                        through = True
+        book.apply_delta(ev.bids, ev.asks, ev.ts_event)
         t = ev.ts_event
-        tk = self.taken.get(key)
-        if tk is not None:
-            for p, _ in ev.bids:
-                tk[0].pop(p, None)
-            for p, _ in ev.asks:
-                tk[1].pop(p, None)
-            if not tk[0] and not tk[1]:
-                del self.taken[key]
-        book = self.books[key]
-        if prev:
-            lv = self.resting[key]
-            for side, p, before in prev:
-                orders = lv[0 if side > 0 else 1].get(p)
-                if orders:
-                    now_size = (book.bids if side > 0 else book.asks).size_at(p)
-                    self._depth_change(orders, before, now_size)
-        self._after_book(key, book, t)
+        if self.taken:
+            tk = self.taken.get(key)
+            if tk is not None:
+                for p, _ in ev.bids:
+                    tk[0].pop(p, None)
+                for p, _ in ev.asks:
+                    tk[1].pop(p, None)
+                if not tk[0] and not tk[1]:
+                    del self.taken[key]
+                    self._tidy(key)
+        if lv is not None:
+            if prev is not None:
+                bsz, asz = book.bids.sizes, book.asks.sizes
+                for side, p, before in prev:
+                    orders = lv[0 if side > 0 else 1].get(p)
+                    if orders:
+                        self._depth_change(orders, before, (bsz if side > 0 else asz).get(p, 0))
+            # the far side reaching our price can only come from a new level there
+            if through and self.cfg.book_through_fills:
+                self._book_through(key, book, t)
+        if self.stops and key in self.stops and self.cfg.trigger_source == "mid":
+            m2 = book.mid_x2()
+            if m2 is not None:
+                self._check_stops(key, m2 // 2, t, None)
+        if self._gates:
+            gate = self._gates.get(key)
+            if gate is not None:
+                if t > gate[0]:
+                    self._check_watches(key, book, t)
+                else:
+                    bk, ak = book.bids.keys, book.asks.keys
+                    if bk and ak and not gate[1] < bk[-1] - ak[-1] < gate[2]:
+                        self._check_watches(key, book, t)
 
     def on_snapshot(self, key: str, t: int) -> None:
         self.taken.pop(key, None)
@@ -602,6 +632,7 @@ class Venue:
         self._after_book(key, book, t)
 
     def _after_book(self, key: str, book: L2Book, t: int) -> None:
+        """After a snapshot: everything that a whole new book can set off."""
         if self.cfg.book_through_fills and key in self.resting:
             self._book_through(key, book, t)
         if key in self.stops and self.cfg.trigger_source == "mid":
@@ -610,7 +641,6 @@ class Venue:
                 self._check_stops(key, m2 // 2, t, None)
         if key in self.watches:
             self._check_watches(key, book, t)
-        self._tidy(key)
 
     def on_trade(self, key: str, ev: Trade) -> None:
         t = ev.ts_event
@@ -632,7 +662,6 @@ class Venue:
                     self._queue_trade(orders, inst, ev.size, t)
         if key in self.stops and self.cfg.trigger_source == "trade":
             self._check_stops(key, ev.price, t, None)
-        self._tidy(key)
 
     # -- queue -----------------------------------------------------------------------
 
@@ -707,17 +736,19 @@ class Venue:
             if not stops:
                 del self.stops[o.key]
         self.orders.pop(o.order_id, None)
+        self._tidy(o.key)
 
     def _book_through(self, key: str, book: L2Book, t: int) -> None:
         bids, asks = self.resting[key]
-        inst = self.instruments.by_key(key)
         best_ask = book.asks.best()
-        if best_ask is not None and bids:
+        if best_ask is not None and bids and max(bids) >= best_ask:
+            inst = self.instruments.by_key(key)
             for p in sorted((p for p in bids if p >= best_ask), reverse=True):
                 for o in list(bids.get(p, ())):
                     self._fill(o, inst, p, o.remaining, "maker", t, None, 0, 0.0)
         best_bid = book.bids.best()
-        if best_bid is not None and asks:
+        if best_bid is not None and asks and min(asks) <= best_bid:
+            inst = self.instruments.by_key(key)
             for p in sorted(p for p in asks if p <= best_bid):
                 for o in list(asks.get(p, ())):
                     self._fill(o, inst, p, o.remaining, "maker", t, None, 0, 0.0)
@@ -895,12 +926,29 @@ class Venue:
                     deadline=t + self.cfg.toxic_window_ms * NS_PER_MS,
                 )
             )
+            self._watch_gate(o.key)
             self.active.add(o.key)
         if new_state == "filled":
             self._remove(o)
 
+    def _watch_gate(self, key: str) -> None:
+        """The cheap test that decides whether a book event needs a look at the
+        watches: the earliest deadline, the highest mid at which a buy fill turns
+        adverse and the lowest at which a sell fill does."""
+        ws = self.watches.get(key)
+        if not ws:
+            self._gates.pop(key, None)
+            return
+        f = self.cfg.toxic_adverse_bp / BP
+        lo = max((w.mid_x2 * (1 - f) for w in ws if w.side > 0), default=-math.inf)
+        hi = min((w.mid_x2 * (1 + f) for w in ws if w.side < 0), default=math.inf)
+        self._gates[key] = (min(w.deadline for w in ws), lo, hi)
+
     def _check_watches(self, key: str, book: L2Book, t: int) -> None:
         m2 = book.mid_x2()
+        gate = self._gates.get(key)
+        if gate is not None and t <= gate[0] and (m2 is None or gate[1] < m2 < gate[2]):
+            return  # no deadline passed and the mid is inside every watch's band
         keep = []
         limit = self.cfg.toxic_adverse_bp
         for w in self.watches[key]:
@@ -930,6 +978,8 @@ class Venue:
             self.watches[key] = keep
         else:
             del self.watches[key]
+        self._watch_gate(key)
+        self._tidy(key)
 
     # -- stops -----------------------------------------------------------------------
 
@@ -1054,9 +1104,12 @@ class Venue:
             self.active.add(key)
         self.impact = {k: (perm, temp, at) for k, perm, temp, at in st.impact}
         self.watches = {}
+        self._gates = {}
         for w in st.watches:
             self.watches.setdefault(w.key, []).append(w)
             self.active.add(w.key)
+        for key in self.watches:
+            self._watch_gate(key)
         self.last_in = dict(st.last_in)
         self.last_out = dict(st.last_out)
         self.fills = st.fills

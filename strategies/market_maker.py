@@ -59,14 +59,19 @@ class MarketMakerStrategy(BaseStrategy):
         return cls(**params)  # type: ignore[arg-type]
 
     def on_market(self, ctx: StrategyContext, event: MarketEvent) -> None:
-        if not isinstance(event, BookDelta | BookSnapshot):
+        cls = type(event)
+        if cls is not BookDelta and cls is not BookSnapshot:
             return
         key = f"{event.exchange}:{event.symbol}"
-        st = self._st
-        n = st.book_events.get(key, 0) + 1
-        st.book_events[key] = n
+        counts = self._st.book_events
+        n = counts.get(key, 0) + 1
+        counts[key] = n
         if n % self.requote_every:
             return
+        self._requote(ctx, event, key)
+
+    def _requote(self, ctx: StrategyContext, event: MarketEvent, key: str) -> None:
+        st = self._st
         book = ctx.book(event.exchange, event.symbol)
         if book is None:
             return
