@@ -404,10 +404,9 @@ def final_summary(
         filled = sum(f.size for f in fs)
         entry: dict[str, Any] = {"filled": inst.size_text(filled)}
         if filled:
-            avg = sum(Decimal(f.price) * f.size for f in fs) / filled
-            entry["avg_price"] = str(
-                (avg / Decimal(10**inst.price_decimals)).quantize(Decimal("1e-8"))
-            )
+            paid = sum((Decimal(f.price) * f.size for f in fs), Decimal(0))
+            mean = paid / filled / Decimal(10**inst.price_decimals)
+            entry["avg_price"] = str(mean.quantize(Decimal("1e-8")))
         view = eng.orders.get(a.order_id)
         entry["open"] = view is not None
         orders[a.order_id] = entry

@@ -319,55 +319,59 @@ class Engine:
     def cancel_order(self, order_id: str, reason: str = "") -> None:
         if not self._spend():
             return
-        view = self.orders.get(order_id)
-        now = self.now
-        if view is None:
-            self.emit(
-                OrderError(
+        view = self._open_view(order_id, "cancel")
+        if view is not None:
+            now = self.now
+            self._send(
+                CancelRequested(
                     ts_event=now,
                     ts_recv=now,
                     order_id=order_id,
-                    action="cancel",
-                    state="unknown",
-                    reason="no open order with this id",
-                )
+                    exchange=view.exchange,
+                    reason=reason,
+                ),
+                view.exchange,
             )
-            return
-        req = CancelRequested(
-            ts_event=now, ts_recv=now, order_id=order_id, exchange=view.exchange, reason=reason
-        )
-        self.emit(req)
-        self.venue.now = now
-        self._schedule(self.venue.arrival_time(view.exchange, now), ARRIVAL, req)
 
     def amend_order(self, order_id: str, size: int = 0, price: int = 0) -> None:
         if not self._spend():
             return
-        view = self.orders.get(order_id)
-        now = self.now
-        if view is None:
-            self.emit(
-                OrderError(
+        view = self._open_view(order_id, "amend")
+        if view is not None:
+            now = self.now
+            self._send(
+                AmendRequested(
                     ts_event=now,
                     ts_recv=now,
                     order_id=order_id,
-                    action="amend",
+                    exchange=view.exchange,
+                    size=size,
+                    price=price,
+                ),
+                view.exchange,
+            )
+
+    def _open_view(self, order_id: str, action: str) -> OrderView | None:
+        """The strategy's open order, or an OrderError saying there is none."""
+        view = self.orders.get(order_id)
+        if view is None:
+            self.emit(
+                OrderError(
+                    ts_event=self.now,
+                    ts_recv=self.now,
+                    order_id=order_id,
+                    action=action,
                     state="unknown",
                     reason="no open order with this id",
                 )
             )
-            return
-        req = AmendRequested(
-            ts_event=now,
-            ts_recv=now,
-            order_id=order_id,
-            exchange=view.exchange,
-            size=size,
-            price=price,
-        )
+        return view
+
+    def _send(self, req: Event, exchange: str) -> None:
+        """Journal a request and schedule its arrival at the venue."""
         self.emit(req)
-        self.venue.now = now
-        self._schedule(self.venue.arrival_time(view.exchange, now), ARRIVAL, req)
+        self.venue.now = self.now
+        self._schedule(self.venue.arrival_time(exchange, self.now), ARRIVAL, req)
 
     def _from_venue(self, ev: Event) -> None:
         """A venue response: the strategy sees it at ``ev.ts_recv``."""

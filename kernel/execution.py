@@ -514,27 +514,16 @@ class Venue:
             )
             return
         keep = new_price == o.price and new_size <= o.size
-        if o.order_type != "limit" or not o.resting or keep:
-            o.size, o.price = new_size, new_price
-            self.deliver(
-                OrderAmended(
-                    ts_event=t,
-                    ts_recv=tr,
-                    order_id=o.order_id,
-                    size=new_size,
-                    price=new_price,
-                    priority_kept=keep,
-                    queue_ahead=o.ahead,
-                )
-            )
-            return
-        self._unrest(o)
+        requeue = o.order_type == "limit" and o.resting and not keep
+        crosses = False
         o.size, o.price = new_size, new_price
-        book = self.books.get(o.key)
-        best = None if book is None else self._effective_best(o.key, book, -o.side)
-        crosses = best is not None and (best <= o.price if o.side > 0 else best >= o.price)
-        if not crosses:
-            self._join(o, book, t)
+        if requeue:
+            self._unrest(o)
+            book = self.books.get(o.key)
+            best = None if book is None else self._effective_best(o.key, book, -o.side)
+            crosses = best is not None and (best <= o.price if o.side > 0 else best >= o.price)
+            if not crosses:
+                self._join(o, book, t)
         self.deliver(
             OrderAmended(
                 ts_event=t,
@@ -542,7 +531,7 @@ class Venue:
                 order_id=o.order_id,
                 size=new_size,
                 price=new_price,
-                priority_kept=False,
+                priority_kept=keep,
                 queue_ahead=o.ahead,
             )
         )
