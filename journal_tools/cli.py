@@ -100,13 +100,36 @@ def _journal(args: argparse.Namespace, config: AppConfig) -> Journal:
     return open_journal(dsn)
 
 
+def _param_value(text: str) -> bool | int | float | str:
+    """``--param`` values: true/false, integers, decimals as float, else text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _strategy_override(args: argparse.Namespace, config: AppConfig) -> StrategyConfig | None:
     name = getattr(args, "strategy", None)
-    if not name:
+    params = getattr(args, "param", None) or []
+    if not name and not params:
         return None
-    if name == config.trading.strategy.name:
-        return config.trading.strategy
-    return StrategyConfig(name=name)
+    base = config.trading.strategy
+    if name and name != base.name:
+        base = StrategyConfig(name=name)
+    if not params:
+        return base
+    merged = dict(base.params)
+    for item in params:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--param wants KEY=VALUE, got {item!r}")
+        merged[key] = _param_value(value)
+    return StrategyConfig(name=base.name, params=merged)
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -408,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
     sp.add_argument("--strategy", help="strategy name (default: config/trading.yaml)")
+    sp.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="strategy parameter (repeatable; overrides config/trading.yaml)",
+    )
     sp.add_argument("--journal", help="journal DSN")
     sp.add_argument("--stats-json", help="write run statistics to this JSON file")
     sp.add_argument("--session", help="with --verify: the session to re-derive")

@@ -132,7 +132,7 @@ def run_session(
     strategy: StrategyConfig | None = None,
     session_id: str | None = None,
     progress: Callable[[int], None] | None = None,
-    write_batch: int = 2_000,
+    write_batch: int = 10_000,
 ) -> ReplayStats:
     """Replay market data from the journal through the kernel as a journaled session."""
     strategy_cfg = strategy or config.trading.strategy
@@ -175,17 +175,17 @@ def run_session(
     t0 = time.perf_counter()
     last_ts = lo
     n = 0
-    for payload in journal.iter_payloads(lo, hi, ex or None, sy or None):
-        ev = decode_payload(payload)
-        out = apply(ev)
-        if out:
-            pending.extend(out)
-            if len(pending) >= write_batch:
-                journal.append_prepared(stream, _output_ids(stream, ordinal, pending))
-                ordinal += len(pending)
-                pending = []
-        n += 1
-        if progress is not None and not n & 0xFFFF:
+    for block in journal.iter_payload_blocks(lo, hi, ex or None, sy or None):
+        for (payload,) in block:
+            out = apply(decode_payload(payload))
+            if out:
+                pending.extend(out)
+        n += len(block)
+        if len(pending) >= write_batch:
+            journal.append_prepared(stream, _output_ids(stream, ordinal, pending))
+            ordinal += len(pending)
+            pending = []
+        if progress is not None:
             progress(n)
     seconds = time.perf_counter() - t0
     last_ts = engine.now or last_ts
@@ -299,12 +299,15 @@ def verify_session(journal: Journal, session_id: str) -> VerifyResult:
     if ok:
         dec = decoder().decode
         apply = engine.apply
-        for payload in journal.iter_payloads(
+        for block in journal.iter_payload_blocks(
             first.input_from, first.input_to, first.exchanges or None, first.symbols or None
         ):
-            out = apply(dec(payload))
-            if out and not compare(out):
-                ok = False
+            for (payload,) in block:
+                out = apply(dec(payload))
+                if out and not compare(out):
+                    ok = False
+                    break
+            if not ok:
                 break
     state_hash = engine.state_hash()
     if ok and idx < len(expected):

@@ -136,10 +136,6 @@ class L2Book:
         """Apply one message of absolute sizes (0 deletes; deleting a missing level is a
         no-op). Raises :class:`BookError` and leaves the book unchanged if any level is
         invalid or if the result would be crossed or locked (best bid >= best ask)."""
-        if bids:
-            self._check_levels(bids, "bid")
-        if asks:
-            self._check_levels(asks, "ask")
         bid_side, ask_side = self.bids, self.asks
         # Fast path: the final best bid is at most max(best bid, new bids) and the final
         # best ask at least min(best ask, new asks) (deletions only widen the spread), so
@@ -147,10 +143,15 @@ class L2Book:
         bk, ak = bid_side.keys, ask_side.keys
         hi = bk[-1] if bk else None
         lo = -ak[-1] if ak else None
+        tick, lot = self.tick_size, self.lot_size
         for p, s in bids:
+            if s < 0 or p <= 0 or p % tick or s % lot:
+                self._check_levels(bids, "bid")  # raises, naming the rule
             if s and (hi is None or p > hi):
                 hi = p
         for p, s in asks:
+            if s < 0 or p <= 0 or p % tick or s % lot:
+                self._check_levels(asks, "ask")
             if s and (lo is None or p < lo):
                 lo = p
         if hi is None or lo is None or hi < lo:

@@ -150,6 +150,7 @@ class Engine:
         self.rejected = 0
         self.halted = False
         self._sched: list[SchedEntry] = []
+        self._due_now = False  # something was scheduled at or before the kernel clock
         self._timer_seq = 0
         self._out: list[Event] = []
         self._budget = config.max_decisions_per_event
@@ -197,7 +198,8 @@ class Engine:
             if self.strategy is not None:
                 self.strategy.on_start(self.ctx)
         ts = event.ts_recv
-        if self._sched and self._sched[0][0] <= ts:
+        sched = self._sched
+        if sched and sched[0][0] <= ts:
             self._advance(ts)
         self.events_in += 1
         if ts >= self.now:
@@ -209,7 +211,8 @@ class Engine:
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)
-        if self._sched and self._sched[0][0] <= self.now:
+        if self._due_now:
+            self._due_now = False
             self._advance(self.now)  # responses with no latency are seen at once
         if not self._out:
             return _NONE
@@ -244,6 +247,8 @@ class Engine:
     def _schedule(self, at_ns: int, kind: int, data: object) -> None:
         self._timer_seq += 1
         heapq.heappush(self._sched, (at_ns, self._timer_seq, kind, data))
+        if at_ns <= self.now:
+            self._due_now = True
 
     # -- orders (called through the strategy context) ---------------------------------
 

@@ -237,6 +237,9 @@ class Venue:
         self.orders: dict[str, SimOrder] = {}
         # key -> (bid levels, ask levels): price -> resting orders in arrival order
         self.resting: dict[str, tuple[dict[int, list[SimOrder]], dict[int, list[SimOrder]]]] = {}
+        # key -> (highest resting bid, lowest resting ask): where a new far-side level
+        # would be a book-through
+        self.bounds: dict[str, tuple[int | None, int | None]] = {}
         self.stops: dict[str, list[SimOrder]] = {}
         # key -> (bids, asks): price -> size our taker fills removed from that level
         self.taken: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
@@ -552,25 +555,19 @@ class Venue:
         through = False
         if lv is not None:
             bids, asks = lv
-            evb, eva = ev.bids, ev.asks
-            if evb:
-                sizes = book.bids.sizes
-                low_ask = min(asks) if asks else None
-                for p, sz in evb:
-                    if p in bids:
-                        item = (1, p, sizes.get(p, 0))
-                        prev = [item] if prev is None else [*prev, item]
-                    elif sz and low_ask is not None and p >= low_ask:
-                        through = True  # a bid at or above our ask: book through
-            if eva:
-                sizes = book.asks.sizes
-                high_bid = max(bids) if bids else None
-                for p, sz in eva:
-                    if p in asks:
-                        item = (-1, p, sizes.get(p, 0))
-                        prev = [item] if prev is None else [*prev, item]
-                    elif sz and high_bid is not None and p <= high_bid:
-                        through = True
+            high_bid, low_ask = self.bounds[key]
+            for p, sz in ev.bids:
+                if p in bids:
+                    item = (1, p, book.bids.sizes.get(p, 0))
+                    prev = [item] if prev is None else [*prev, item]
+                elif sz and low_ask is not None and p >= low_ask:
+                    through = True  # a bid at or above our ask: book through
+            for p, sz in ev.asks:
+                if p in asks:
+                    item = (-1, p, book.asks.sizes.get(p, 0))
+                    prev = [item] if prev is None else [*prev, item]
+                elif sz and high_bid is not None and p <= high_bid:
+                    through = True
         book.apply_delta(ev.bids, ev.asks, ev.ts_event)
         t = ev.ts_event
         if self.taken:
@@ -699,6 +696,7 @@ class Venue:
         if lv is None:
             lv = self.resting[o.key] = ({}, {})
         lv[side_idx].setdefault(o.price, []).append(o)
+        self._bound(o.key)
         self.active.add(o.key)
 
     def _unrest(self, o: SimOrder) -> None:
@@ -716,6 +714,14 @@ class Venue:
                 del levels[o.price]
         if not lv[0] and not lv[1]:
             del self.resting[o.key]
+        self._bound(o.key)
+
+    def _bound(self, key: str) -> None:
+        lv = self.resting.get(key)
+        if lv is None:
+            self.bounds.pop(key, None)
+        else:
+            self.bounds[key] = (max(lv[0]) if lv[0] else None, min(lv[1]) if lv[1] else None)
 
     def _remove(self, o: SimOrder) -> None:
         self._unrest(o)
@@ -1087,6 +1093,9 @@ class Venue:
         for key, ids in st.stops:
             self.stops[key] = [self.orders[i] for i in ids]
             self.active.add(key)
+        self.bounds = {}
+        for key in self.resting:
+            self._bound(key)
         self.taken = {}
         for key, side, p, q in st.taken:
             self.taken.setdefault(key, ({}, {}))[0 if side > 0 else 1][p] = q

@@ -6,10 +6,12 @@ from kernel.config import StrategyConfig
 from strategies.base import BaseStrategy, Strategy
 from strategies.imbalance import ImbalanceStrategy
 from strategies.market_maker import MarketMakerStrategy
+from strategies.taker import TakerStrategy
 
-STRATEGIES: dict[str, type[ImbalanceStrategy] | type[MarketMakerStrategy]] = {
+STRATEGIES: dict[str, type[ImbalanceStrategy] | type[MarketMakerStrategy] | type[TakerStrategy]] = {
     "imbalance": ImbalanceStrategy,
     "market_maker": MarketMakerStrategy,
+    "taker": TakerStrategy,
 }
 
 
@@ -33,5 +35,6 @@ __all__ = [
     "ImbalanceStrategy",
     "MarketMakerStrategy",
     "Strategy",
+    "TakerStrategy",
     "build_strategy",
 ]

@@ -6,8 +6,8 @@ bid and an ask at the best ask, each ``spread_ticks`` further out, both shifted 
 the ask fills first). A quote already at the right price and size is left alone (it
 keeps its queue priority); otherwise it is cancelled and replaced. No bid while the
 position is at ``+max_inventory`` (no ask at ``-max_inventory``); on spot it never asks
-for more than it holds. Every re-quote is a ``Decision`` naming the touch, the
-inventory and the skew.
+for more than it holds. ``sides: bid`` (or ``ask``) quotes one side only. Every
+re-quote is a ``Decision`` naming the touch, the inventory and the skew.
 
 Sizes are decimal strings in base units (``"0.01"``).
 """
@@ -38,9 +38,13 @@ class MarketMakerStrategy(BaseStrategy):
         spread_ticks: int = 0,
         skew_ticks: int = 1,
         max_inventory: str = "0.05",
+        sides: str = "both",
     ) -> None:
         if requote_every < 1 or spread_ticks < 0 or skew_ticks < 0:
             raise ValueError("need requote_every >= 1, spread_ticks >= 0, skew_ticks >= 0")
+        if sides not in ("both", "bid", "ask"):
+            raise ValueError(f"sides must be both, bid or ask, not {sides!r}")
+        self.sides = sides
         self.size_text = str(size)
         self.requote_every = requote_every
         self.spread_ticks = spread_ticks
@@ -50,7 +54,7 @@ class MarketMakerStrategy(BaseStrategy):
 
     @classmethod
     def from_params(cls, params: dict[str, ParamValue]) -> MarketMakerStrategy:
-        known = {"size", "requote_every", "spread_ticks", "skew_ticks", "max_inventory"}
+        known = {"size", "requote_every", "spread_ticks", "skew_ticks", "max_inventory", "sides"}
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(
@@ -89,10 +93,10 @@ class MarketMakerStrategy(BaseStrategy):
         if bid_px >= ask_px:
             bid_px = ask_px - tick
         want: dict[Side, tuple[int, int]] = {}
-        if inv < max_inv and bid_px > 0:
+        if inv < max_inv and bid_px > 0 and self.sides != "ask":
             want["buy"] = (bid_px, min(size, max_inv - inv))
         ask_size = min(size, inv + max_inv) if inst.kind == "perp" else min(size, inv)
-        if ask_size > 0:
+        if ask_size > 0 and self.sides != "bid":
             want["sell"] = (ask_px, ask_size)
         keep: list[str] = []
         changes = []

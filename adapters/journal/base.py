@@ -295,6 +295,25 @@ class Journal(ABC):
         for rec in self.read_range(start_ns, end_ns, exchanges, symbols):
             yield rec.payload
 
+    def iter_payload_blocks(
+        self,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        exchanges: Sequence[str] | None = None,
+        symbols: Sequence[str] | None = None,
+    ) -> Iterator[Sequence[tuple[bytes]]]:
+        """:meth:`iter_payloads` in blocks of one-tuples ``(payload,)``, as a database
+        cursor hands them out: the replay loop unpacks them without a generator step
+        per event. Same order, same payloads."""
+        block: list[tuple[bytes]] = []
+        for payload in self.iter_payloads(start_ns, end_ns, exchanges, symbols):
+            block.append((payload,))
+            if len(block) >= 4096:
+                yield block
+                block = []
+        if block:
+            yield block
+
     @abstractmethod
     def verify(self, stream: str) -> VerifyReport:
         """Re-hash every row of ``stream``: seqs 1..n without gap, prev_hash links, each

@@ -553,6 +553,17 @@ class SqliteJournal(Journal):
         symbols: Sequence[str] | None = None,
     ) -> Iterator[bytes]:
         """Payloads in canonical order, without building records (the replay hot path)."""
+        for block in self.iter_payload_blocks(start_ns, end_ns, exchanges, symbols):
+            for (payload,) in block:
+                yield payload
+
+    def iter_payload_blocks(
+        self,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        exchanges: Sequence[str] | None = None,
+        symbols: Sequence[str] | None = None,
+    ) -> Iterator[Sequence[tuple[bytes]]]:
         conn = self._reader()
         query = self._range_sql("e.payload", start_ns, end_ns, exchanges, symbols)
         if query is None:
@@ -561,8 +572,8 @@ class SqliteJournal(Journal):
         if fast is not None:
             lo, hi = self._seq_bounds(conn, fast, start_ns, end_ns)
             sql = "SELECT payload FROM events WHERE sid = ? AND seq >= ? AND seq <= ? ORDER BY seq"
-            return _payloads(conn, sql, [fast, lo, hi])
-        return _payloads(conn, *query)
+            return _payload_blocks(conn, sql, [fast, lo, hi])
+        return _payload_blocks(conn, *query)
 
     def _single_ordered_stream(
         self,
@@ -841,13 +852,14 @@ def _records(
         cur.close()
 
 
-def _payloads(conn: sqlite3.Connection, sql: str, params: list[object]) -> Iterator[bytes]:
-    """Single-column rows unwrapped to the payload bytes, fetched in blocks."""
+def _payload_blocks(
+    conn: sqlite3.Connection, sql: str, params: list[object]
+) -> Iterator[Sequence[tuple[bytes]]]:
+    """Single-column rows ``(payload,)``, fetched in blocks."""
     cur = conn.execute(sql, params)
     try:
         fetch = cur.fetchmany
         while rows := fetch(_FETCH):
-            for (payload,) in rows:
-                yield payload
+            yield rows
     finally:
         cur.close()
