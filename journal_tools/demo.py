@@ -1,8 +1,9 @@
 """``tickerml demo``: the whole embedded path in one command.
 
 synth (Tardis CSV) -> import into a fresh SQLite journal -> replay with the example
-strategy -> re-derive the session (replay --verify) -> verify every hash chain ->
-summary. Exit code 0 only if every check passed.
+strategy -> paper-trade one instrument with the market maker through the execution
+simulator -> re-derive both sessions (replay --verify) -> verify every hash chain ->
+rebuild the read models -> summary. Exit code 0 only if every check passed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from rich.table import Table
 
 from adapters.config_loader import load_config
 from adapters.journal.sqlite import SqliteJournal
+from journal_tools.projections import load_session as load_projection_session
+from journal_tools.projections import performance_metrics, rebuild
 from journal_tools.session import run_session, verify_session
 from journal_tools.synth import SynthSpec, generate
 from journal_tools.tardis import import_files
+from kernel.config import StrategyConfig
 from kernel.events import Decision, decode
+from kernel.fixedpoint import MONEY_DECIMALS, format_fixed
 from kernel.instruments import InstrumentRegistry
 
 
@@ -54,8 +59,22 @@ def run_demo(out_dir: Path, hours: float = 0.1, seed: int = 7, quiet: bool = Fal
         step(f"replay: strategy {config.trading.strategy.name}, seed {config.trading.seed}")
         stats = run_session(journal, config)
 
-        step(f"verify: re-derive session {stats.session_id} and compare every output")
+        step("paper trading: market_maker on BINANCE BTC-USDT through the simulated venue")
+        mm = run_session(
+            journal,
+            config,
+            exchanges=["BINANCE"],
+            symbols=["BTC-USDT"],
+            strategy=StrategyConfig(name="market_maker"),
+        )
+
+        step(f"verify: re-derive sessions {stats.session_id}, {mm.session_id}")
         result = verify_session(journal, stats.session_id)
+        mm_result = verify_session(journal, mm.session_id)
+
+        step("read models: portfolio_state, trade_history, trade_decisions, performance_metrics")
+        rebuilt = rebuild(journal)
+        perf = performance_metrics(load_projection_session(journal, mm.session_id))
 
         step("verify: hash chains of every stream")
         chains = [journal.verify(s.stream) for s in journal.streams()]
@@ -86,10 +105,25 @@ def run_demo(out_dir: Path, hours: float = 0.1, seed: int = 7, quiet: bool = Fal
     table.add_row("rejected market events", f"{stats.rejected:,}")
     table.add_row("state hash", stats.state_hash[:32])
     table.add_row(
-        "replay --verify",
-        f"[green]identical[/] ({result.outputs_checked} outputs)"
-        if result.ok
-        else "[red]DIVERGED[/]",
+        "paper trading (market_maker)",
+        f"{mm.decisions:,} decisions, {mm.fills:,} fills in {mm.seconds:.2f} s; equity "
+        f"{format_fixed(perf.final_equity, MONEY_DECIMALS)[:-6]} from "
+        f"{format_fixed(perf.initial_cash, MONEY_DECIMALS)[:-6]}, fees "
+        f"{format_fixed(perf.fees, MONEY_DECIMALS)[:-6]}",
+    )
+    for name, res in (("replay --verify", result), ("paper --verify", mm_result)):
+        table.add_row(
+            name,
+            f"[green]identical[/] ({res.outputs_checked} outputs)"
+            if res.ok
+            else "[red]DIVERGED[/]",
+        )
+    table.add_row(
+        "read models",
+        ", ".join(
+            f"{t} {sum(r.get(t, 0) for r in rebuilt.rows.values())}"
+            for t in ("portfolio_state", "trade_history", "trade_decisions")
+        ),
     )
     table.add_row(
         "hash chains", f"[green]ok[/] ({len(chains)} streams)" if chains_ok else "[red]BROKEN[/]"
@@ -100,6 +134,8 @@ def run_demo(out_dir: Path, hours: float = 0.1, seed: int = 7, quiet: bool = Fal
             f"[dim]{d.decision_id}[/] {d.exchange}:{d.symbol} [bold]{d.action}[/]: {d.reasoning}"
         )
     console.print(
-        f"next: .venv/bin/tickerml audit --journal sqlite:///{db} --session {stats.session_id}"
+        f"next: .venv/bin/tickerml audit --journal sqlite:///{db} --session {stats.session_id}\n"
+        f"      .venv/bin/tickerml project --journal sqlite:///{db} --show trade_history "
+        f"--session {mm.session_id}"
     )
-    return 0 if result.ok and chains_ok else 1
+    return 0 if result.ok and mm_result.ok and chains_ok else 1
