@@ -170,6 +170,9 @@ class Engine:
             seed,
         )
         self.ctx = StrategyContext(self)
+        # bound once: the per-event calls of the hot path
+        self._on_market = strategy.on_market if strategy is not None else None
+        self._active = self.venue.active
         self._handlers: dict[type, Callable[[Event], None]] = {
             BookDelta: self._on_delta,  # type: ignore[dict-item]
             BookSnapshot: self._on_snapshot,  # type: ignore[dict-item]
@@ -493,21 +496,23 @@ class Engine:
         book = self.books.get(key) or self._book_for(ev)
         if book is None:
             return
-        self.rows_in += len(ev.bids) + len(ev.asks)
+        bids, asks = ev.bids, ev.asks
+        self.rows_in += len(bids) + len(asks)
         try:
-            if key in self.venue.active:
+            if key in self._active:
                 # the venue watches this instrument: it applies the delta around its own
                 # queue bookkeeping (sizes before and after at our levels)
                 self.venue.now = self.now
                 self.venue.apply_delta(key, book, ev)
             else:
-                book.apply_delta(ev.bids, ev.asks, ev.ts_event)
+                book.apply_delta(bids, asks, ev.ts_event)
         except BookError as exc:
             self._quality(ev, exc.rule, exc.detail, True)
             return
         book.seq = ev.seq
-        if self.strategy is not None:
-            self.strategy.on_market(self.ctx, ev)
+        on_market = self._on_market
+        if on_market is not None:
+            on_market(self.ctx, ev)
 
     def _on_snapshot(self, ev: BookSnapshot) -> None:
         book = self._book_for(ev)
@@ -521,11 +526,11 @@ class Engine:
             return
         book.seq = ev.seq
         key = f"{ev.exchange}:{ev.symbol}"
-        if key in self.venue.active:
+        if key in self._active:
             self.venue.now = self.now
             self.venue.on_snapshot(key, ev.ts_event)
-        if self.strategy is not None:
-            self.strategy.on_market(self.ctx, ev)
+        if self._on_market is not None:
+            self._on_market(self.ctx, ev)
 
     def _on_trade(self, ev: Trade) -> None:
         self.rows_in += 1
@@ -534,23 +539,23 @@ class Engine:
             return
         key = f"{ev.exchange}:{ev.symbol}"
         self.last_trades[key] = ev
-        if key in self.venue.active:
+        if key in self._active:
             self.venue.now = self.now
             self.venue.on_trade(key, ev)
-        if self.strategy is not None:
-            self.strategy.on_market(self.ctx, ev)
+        if self._on_market is not None:
+            self._on_market(self.ctx, ev)
 
     def _on_funding(self, ev: FundingRate) -> None:
         self.rows_in += 1
         self.funding[f"{ev.exchange}:{ev.symbol}"] = (ev.rate, ev.next_funding_ts)
-        if self.strategy is not None:
-            self.strategy.on_market(self.ctx, ev)
+        if self._on_market is not None:
+            self._on_market(self.ctx, ev)
 
     def _on_mark(self, ev: MarkPrice) -> None:
         self.rows_in += 1
         self.marks[f"{ev.exchange}:{ev.symbol}"] = (ev.mark_price, ev.index_price)
-        if self.strategy is not None:
-            self.strategy.on_market(self.ctx, ev)
+        if self._on_market is not None:
+            self._on_market(self.ctx, ev)
 
     def _on_halt(self, ev: Halt) -> None:
         self.halted = True
@@ -713,6 +718,7 @@ class Engine:
         self.portfolio.restore(st.portfolio)
         self.venue.books = self.books
         self.venue.restore(st.venue)
+        self._active = self.venue.active
         self._started = True
 
 
