@@ -53,6 +53,8 @@ the paper trader's books took the fill (the venue time is ``ts_event``).
     of those orders' fills (size units of the decision's instrument); ``fees``: their fees.
 
 ``performance_metrics`` (one row per session)
+    ``max_drawdown``, ``sharpe``, ``win_rate`` and ``profit_factor`` are computed by
+    :mod:`kernel.metrics`, the one definition of these metrics (training uses it too).
     * ``start_ts``: SessionStarted's time, or when that is 0 (no --from) the first output's;
       ``end_ts``: SessionEnded's time, else the last event's; ``ended``: 1 if SessionEnded.
     * ``initial_cash``: ``trading.engine.portfolio.initial_cash``; ``final_equity``: the last
@@ -84,9 +86,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
-import math
-import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -101,6 +100,7 @@ from adapters.journal.base import (
     ReadModelValue,
     session_stream,
 )
+from kernel import metrics
 from kernel.config import AppConfig
 from kernel.events import (
     Decision,
@@ -117,6 +117,7 @@ from kernel.events import (
 )
 from kernel.fixedpoint import MONEY_DECIMALS, POW10, format_fixed, parse_fixed
 from kernel.instruments import Instrument, InstrumentError, InstrumentRegistry
+from kernel.metrics import max_drawdown, profit_factor, win_rate
 from kernel.portfolio import Portfolio
 
 PORTFOLIO_STATE = "portfolio_state"
@@ -125,8 +126,6 @@ TRADE_DECISIONS = "trade_decisions"
 PERFORMANCE_METRICS = "performance_metrics"
 TABLES: tuple[str, ...] = (PORTFOLIO_STATE, TRADE_HISTORY, TRADE_DECISIONS, PERFORMANCE_METRICS)
 """Every read model this module builds, in the order they are built and listed."""
-
-YEAR_MS = 365 * 86_400_000
 
 
 class ProjectionError(ValueError):
@@ -664,39 +663,15 @@ def trade_decisions(session: SessionEvents) -> list[TradeDecisionRow]:
 # ---------------------------------------------------------------------------------------
 
 
-def max_drawdown(equity: Sequence[int]) -> float:
-    """``max (peak - e) / peak`` over the series, ``peak`` its running maximum (0.0 for
-    a series that never falls; points while the peak is not positive are skipped)."""
-    worst = 0.0
-    peak: int | None = None
-    for e in equity:
-        peak = e if peak is None else max(peak, e)
-        if peak > 0:
-            worst = max(worst, (peak - e) / peak)
-    return worst
-
-
 def sharpe_ratio(equity: Sequence[int], interval_ms: int) -> float | None:
     """Annualised Sharpe of an equity series sampled every ``interval_ms`` (365-day
-    year, zero risk-free rate); None if it is undefined (see the module docstring)."""
-    if interval_ms <= 0 or len(equity) < 3 or any(e <= 0 for e in equity[:-1]):
+    year, zero risk-free rate); None if it is undefined (see the module docstring).
+    :func:`kernel.metrics.sharpe` of :func:`kernel.metrics.returns_from_equity`."""
+    if interval_ms <= 0 or any(e <= 0 for e in equity[:-1]):
         return None
-    returns = [b / a - 1 for a, b in itertools.pairwise(equity)]
-    sd = statistics.stdev(returns)
-    if sd == 0:
-        return None
-    return statistics.fmean(returns) / sd * math.sqrt(YEAR_MS / interval_ms)
-
-
-def win_rate(net_pnls: Sequence[int]) -> float | None:
-    """Share of round trips with a positive net P&L (None without any)."""
-    return sum(1 for p in net_pnls if p > 0) / len(net_pnls) if net_pnls else None
-
-
-def profit_factor(net_pnls: Sequence[int]) -> float | None:
-    """Gross profit / gross loss of round trips (None without a losing trip)."""
-    losses = -sum(p for p in net_pnls if p < 0)
-    return sum(p for p in net_pnls if p > 0) / losses if losses else None
+    return metrics.sharpe(
+        metrics.returns_from_equity(equity), metrics.annualisation_periods(interval_ms)
+    )
 
 
 def _exposure(snap: PortfolioSnapshot | None, registry: InstrumentRegistry) -> str:

@@ -114,6 +114,7 @@ def build_engine(
         seed=seed,
         session_id=session_id,
         latency={name: ex.latency for name, ex in config.exchanges.exchanges.items()},
+        risk=config.risk_limits,
     )
 
 

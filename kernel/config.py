@@ -188,8 +188,18 @@ class InstrumentsConfig(_Config, frozen=True):
 
 
 class RiskLimitsConfig(_Config, frozen=True):
-    """config/risk_limits.yaml (enforced by the risk layer)."""
+    """config/risk_limits.yaml: the risk layer (kernel/risk.py; docs/risk.md).
 
+    Percentages are of equity (cash + positions marked to mid, after every cost).
+    ``reentry_stages`` are the size fractions of the gradual re-entry after a breaker,
+    each held for ``reentry_calm_ms`` with the drawdown under ``recovery_pct`` before the
+    next. ``correlation_action``: ``refuse`` a new position whose returns correlate
+    above ``max_correlation`` with an open one in the same direction, or ``resize`` it by
+    ``(1 - rho) / (1 - max_correlation)``. ``sectors`` maps base assets to a sector
+    (unlisted assets are their own sector). ``rebalance_tolerance_pct``: how far past a
+    position or asset limit market moves may push before reduce orders are sent."""
+
+    enabled: bool = True
     kelly_fraction: float = 0.25
     base_size_pct: float = 2.0
     max_position_pct: float = 25.0
@@ -198,7 +208,39 @@ class RiskLimitsConfig(_Config, frozen=True):
     drawdown_half_size_pct: float = 15.0
     drawdown_reduce_only_pct: float = 20.0
     drawdown_halt_pct: float = 25.0
+    recovery_pct: float = 10.0
+    reentry_stages: tuple[float, ...] = (0.25, 0.5, 1.0)
+    reentry_calm_ms: int = 3_600_000
     max_correlation: float = 0.7
+    correlation_action: Literal["refuse", "resize"] = "refuse"
+    correlation_window: int = 60
+    correlation_interval_ms: int = 60_000
+    max_asset_pct: float = 40.0
+    max_exchange_pct: float = 60.0
+    max_sector_pct: float = 50.0
+    sectors: dict[str, str] = msgspec.field(default_factory=dict)
+    rebalance_tolerance_pct: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not (
+            0
+            < self.drawdown_half_size_pct
+            < self.drawdown_reduce_only_pct
+            < self.drawdown_halt_pct
+            < 100
+        ):
+            raise ValueError("need 0 < drawdown_half_size_pct < reduce_only < halt < 100")
+        if not 0 <= self.recovery_pct < self.drawdown_half_size_pct:
+            raise ValueError("recovery_pct must be within [0, drawdown_half_size_pct)")
+        stages = self.reentry_stages
+        if not stages or stages[-1] != 1.0 or any(not 0 < x <= 1 for x in stages):
+            raise ValueError("reentry_stages must be fractions in (0, 1] ending with 1.0")
+        if list(stages) != sorted(stages):
+            raise ValueError("reentry_stages must not decrease")
+        if not 0 < self.max_correlation <= 1 or self.correlation_window < 3:
+            raise ValueError("need 0 < max_correlation <= 1 and correlation_window >= 3")
+        if not 0 < self.kelly_fraction <= 1 or self.max_positions < 1:
+            raise ValueError("need 0 < kelly_fraction <= 1 and max_positions >= 1")
 
 
 class ModelConfig(_Config, frozen=True):

@@ -178,6 +178,31 @@ class StrategyContext:
         """The paper trader's books as of the fills seen so far (read only, please)."""
         return self._engine.portfolio
 
+    def equity(self) -> int:
+        """Cash plus positions marked to mid, in MONEY units (1e-8 quote)."""
+        return self._engine.equity()
+
+    def risk_size(
+        self,
+        exchange: str,
+        symbol: str,
+        strength: float,
+        mu: float | None = None,
+        sigma: float | None = None,
+        price: int = 0,
+    ) -> int:
+        """The risk layer's size for a signal of ``strength`` in [0, 1] and an optional
+        edge estimate (mean ``mu`` and std ``sigma`` of the trade's return): fractional
+        Kelly capped by the base size, times the drawdown breaker's factor. ``price``
+        defaults to the mid. 0 when there is no risk layer, no price or no edge."""
+        eng = self._engine
+        risk = eng.risk
+        inst = eng.instruments.get(exchange, symbol)
+        ref = price or eng._mark(inst.key) or 0
+        if risk is None or not ref:
+            return 0
+        return risk.size_for(inst, ref, eng.equity(), strength, mu, sigma)
+
     def position(self, exchange: str, symbol: str) -> int:
         """Signed position in size units."""
         return self._engine.portfolio.qty(f"{exchange}:{symbol}")

@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from kernel.book import BookError, L2Book
-from kernel.config import EngineConfig, LatencyProfile
+from kernel.config import EngineConfig, LatencyProfile, RiskLimitsConfig
 from kernel.context import StrategyContext, StrategyLike
 from kernel.events import (
     AmendRequested,
@@ -30,6 +30,7 @@ from kernel.events import (
     BookSnapshot,
     CancelRequested,
     DataQuality,
+    Decision,
     Event,
     Fill,
     FundingPayment,
@@ -47,6 +48,7 @@ from kernel.events import (
     OrderSubmitted,
     OrderType,
     Resume,
+    RiskEvent,
     Side,
     TimeInForce,
     Trade,
@@ -57,11 +59,12 @@ from kernel.execution import Venue, VenueState
 from kernel.fixedpoint import MONEY_DECIMALS, parse_fixed
 from kernel.instruments import Instrument, InstrumentError, InstrumentRegistry
 from kernel.portfolio import Portfolio, PortfolioState, funding_amount
+from kernel.risk import RiskManager, RiskState
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 # Kinds of scheduled work, in the engine's one time-ordered heap.
-TIMER, ARRIVAL, DELIVERY, FUNDING, SNAPSHOT = range(5)
+TIMER, ARRIVAL, DELIVERY, FUNDING, SNAPSHOT, RISK_STAGE, RISK_SAMPLE = range(7)
 
 SchedEntry = tuple[int, int, int, object]
 
@@ -113,6 +116,9 @@ class EngineState(msgspec.Struct, frozen=True, array_like=True):
     snapshots_on: bool
     venue: VenueState
     portfolio: PortfolioState
+    risk: RiskState | None
+    held_mids: list[tuple[str, int]]
+    flattening: list[tuple[str, str]]
 
 
 class Engine:
@@ -126,6 +132,7 @@ class Engine:
         seed: int = 0,
         session_id: str = "",
         latency: Mapping[str, LatencyProfile] | None = None,
+        risk: RiskLimitsConfig | None = None,
     ) -> None:
         self.config = config
         self.instruments = (
@@ -169,6 +176,20 @@ class Engine:
             self._from_venue,
             seed,
         )
+        # the risk layer: every strategy order passes through it (None: no risk layer,
+        # as in scenarios that pin the venue alone)
+        self.risk = (
+            RiskManager(risk, self.instruments) if risk is not None and risk.enabled else None
+        )
+        self._held_mids: dict[str, int] = {}  # held instrument -> mid_x2 last valued at
+        self._held_values: dict[str, int] = {}  # held instrument -> signed value (MONEY)
+        self._risk_floor = 0  # equity at or below which the first breaker may trip
+        self._position_cap_pct = (
+            risk.max_position_pct * (1 + risk.rebalance_tolerance_pct / 100)
+            if risk is not None
+            else 100.0
+        )
+        self._flattening: dict[str, str] = {}  # instrument -> kernel order flattening it
         self.ctx = StrategyContext(self)
         # bound once: the per-event calls of the hot path
         self._on_market = strategy.on_market if strategy is not None else None
@@ -268,9 +289,10 @@ class Engine:
         reduce_only: bool = False,
         decision_id: str = "",
         order_id: str | None = None,
+        internal: bool = False,
     ) -> str:
         inst = self.instruments.get(exchange, symbol)  # unknown: the strategy's bug
-        if not self._spend():
+        if not internal and not self._spend():
             return ""
         if order_id is None:
             self._order_seq += 1
@@ -281,6 +303,9 @@ class Engine:
         elif order_id in self.orders:
             raise ValueError(f"order id {order_id!r} is already in use")
         now = self.now
+        refusal = ""
+        if self.risk is not None and not internal and not self.halted:
+            size, refusal = self._risk_check(inst, side, size, price or trigger_price)
         sub = OrderSubmitted(
             ts_event=now,
             ts_recv=now,
@@ -302,12 +327,11 @@ class Engine:
             iv = self.config.portfolio.snapshot_interval_ms * 1_000_000
             if iv > 0:
                 self._schedule((now // iv + 1) * iv, SNAPSHOT, "")
-        if self.halted:
-            self.emit(
-                OrderRejected(
-                    ts_event=now, ts_recv=now, order_id=order_id, reason="halted: kill switch on"
-                )
-            )
+            if self.risk is not None:
+                self._schedule(now, RISK_SAMPLE, "")
+        if (self.halted and not internal) or refusal:
+            reason = f"risk: {refusal}" if refusal else "halted: kill switch on"
+            self.emit(OrderRejected(ts_event=now, ts_recv=now, order_id=order_id, reason=reason))
             return order_id
         self.orders[order_id] = OrderView(
             order_id,
@@ -387,7 +411,9 @@ class Engine:
 
     def _delivered(self, ev: Event) -> None:
         self.emit(ev)
-        view = self.orders.get(ev.order_id) if hasattr(ev, "order_id") else None
+        oid: str | None = getattr(ev, "order_id", None)
+        view = self.orders.get(oid) if oid is not None else None
+        closed = False
         if isinstance(ev, Fill):
             inst = self.instruments.get(ev.exchange, ev.symbol)
             self.portfolio.apply_fill(ev, inst)
@@ -396,18 +422,42 @@ class Engine:
                 view.state = "filled" if view.filled >= view.size else "partially_filled"
                 if view.state == "filled":
                     del self.orders[ev.order_id]
+                    closed = True
             if inst.kind == "perp" and inst.key not in self._funding_keys:
                 self._funding_keys.add(inst.key)
                 self._schedule(self._next_funding(inst), FUNDING, inst.key)
+            if self.risk is not None:
+                self._track_held(inst.key)
+                self._risk_update()
         elif view is not None:
             if isinstance(ev, OrderAccepted):
                 view.state = "accepted"
             elif isinstance(ev, OrderRejected | OrderCancelled | OrderExpired):
                 del self.orders[ev.order_id]
+                closed = True
             elif isinstance(ev, OrderAmended):
                 view.size, view.price = ev.size, ev.price
+        if closed and oid is not None and self.risk is not None:
+            self._kernel_order_closed(oid)
         if self.strategy is not None:
             self.strategy.on_order(self.ctx, ev)
+
+    def _track_held(self, key: str) -> None:
+        """Keep the set of held instruments whose mid moves equity (and drawdown)."""
+        if self.portfolio.qty(key):
+            book = self.books.get(key)
+            m2 = book.mid_x2() if book is not None else None
+            self._held_mids[key] = m2 if m2 is not None else 0
+        else:
+            self._held_mids.pop(key, None)
+
+    def _kernel_order_closed(self, oid: str) -> None:
+        assert self.risk is not None
+        for table in (self._flattening, self.risk.st.rebalancing):
+            for key in [k for k, o in table.items() if o == oid]:
+                del table[key]
+        if self.halted and self._positions():
+            self._flatten("position left after a flatten order closed")
 
     def _next_funding(self, inst: Instrument) -> int:
         given = self.funding.get(inst.key, (0, 0))[1]
@@ -448,6 +498,7 @@ class Engine:
         else:
             amount = funding_amount(qty, mark, rate[0], inst)
             self.portfolio.apply_funding(key, amount)
+            self._risk_update()
             self.emit(
                 FundingPayment(
                     ts_event=self.now,
@@ -474,6 +525,186 @@ class Engine:
 
     def book(self, exchange: str, symbol: str) -> L2Book | None:
         return self.books.get(f"{exchange}:{symbol}")
+
+    # -- risk ------------------------------------------------------------------------
+
+    def _positions(self) -> dict[str, int]:
+        return {k: p.qty for k, p in self.portfolio.positions.items() if p.qty}
+
+    def equity(self) -> int:
+        """Cash plus every position marked to mid (mark price, else cost basis)."""
+        total = self.portfolio.cash
+        for key, pos in self.portfolio.positions.items():
+            if pos.qty:
+                mark = self._mark(key)
+                if mark is None:
+                    total += pos.cost
+                else:
+                    v = self.instruments.by_key(key).notional(mark, abs(pos.qty))
+                    total += v if pos.qty > 0 else -v
+        return total
+
+    def _risk_check(self, inst: Instrument, side: Side, size: int, price: int) -> tuple[int, str]:
+        """Pre-trade risk: (approved size, refusal reason or ""); journals what it did."""
+        assert self.risk is not None
+        positions = self._positions()
+        marks = {k: m for k in positions if (m := self._mark(k)) is not None}
+        ref = price or self._mark(inst.key) or 0
+        chk = self.risk.check(
+            inst, 1 if side == "buy" else -1, size, ref, positions, marks, self.equity()
+        )
+        now = self.now
+        if not chk.size:
+            self.emit(
+                RiskEvent(
+                    ts_event=now, ts_recv=now, rule=chk.rule, level="refused", detail=chk.reason
+                )
+            )
+            return size, chk.reason
+        if chk.size != size:
+            self.emit(
+                RiskEvent(
+                    ts_event=now,
+                    ts_recv=now,
+                    rule="resize",
+                    level=self.risk.st.level,
+                    detail=f"{inst.key} {side} {inst.size_text(size)} -> "
+                    f"{inst.size_text(chk.size)}: " + "; ".join(chk.notes),
+                )
+            )
+        return chk.size, ""
+
+    def _held_moved(self, key: str) -> None:
+        """The mid of a held instrument moved: revalue it and look at the drawdown only
+        when equity left the band in which nothing can change (a new peak above, the
+        first breaker below, or a breaker or re-entry in force)."""
+        risk = self.risk
+        assert risk is not None
+        pos = self.portfolio.positions[key]
+        mark = self._mark(key)
+        if mark is None:
+            return
+        v = self.instruments.by_key(key).notional(mark, abs(pos.qty))
+        values = self._held_values
+        values[key] = v if pos.qty > 0 else -v
+        equity = self.portfolio.cash + sum(values.values())
+        st = risk.st
+        if (
+            equity > st.peak
+            or equity <= self._risk_floor
+            or st.level != "normal"
+            or (v * 100 > equity * self._position_cap_pct and key not in st.rebalancing)
+        ):
+            self._risk_update()
+
+    def _risk_update(self) -> None:
+        """Re-evaluate drawdown and position limits after equity changed."""
+        risk = self.risk
+        if risk is None:
+            return
+        self._revalue_held()
+        events, stage_at = risk.on_equity(self.equity(), self.now)
+        cfg = risk.cfg
+        self._risk_floor = int(risk.st.peak * (100 - cfg.drawdown_half_size_pct) // 100)
+        self._risk_events(events, stage_at)
+        if not self.halted:
+            positions = self._positions()
+            marks = {k: m for k in positions if (m := self._mark(k)) is not None}
+            for key, qty, why in risk.over_limit(positions, marks, risk.st.equity):
+                inst = self.instruments.by_key(key)
+                now = self.now
+                self.emit(
+                    RiskEvent(
+                        ts_event=now, ts_recv=now, rule="rebalance", level="reduce", detail=why
+                    )
+                )
+                oid = self._kernel_order(inst, "sell" if qty > 0 else "buy", abs(qty), why)
+                risk.st.rebalancing[key] = oid
+
+    def _revalue_held(self) -> None:
+        """Every held position's signed value at its mark (cost basis if unmarked)."""
+        values = self._held_values
+        values.clear()
+        for key, pos in self.portfolio.positions.items():
+            if pos.qty:
+                mark = self._mark(key)
+                if mark is None:
+                    values[key] = pos.cost
+                else:
+                    v = self.instruments.by_key(key).notional(mark, abs(pos.qty))
+                    values[key] = v if pos.qty > 0 else -v
+
+    def _risk_events(self, events: list[Event], stage_at: int | None) -> None:
+        assert self.risk is not None
+        for ev in events:
+            self.emit(ev)
+            if isinstance(ev, Halt):
+                self._halt(ev.reason)
+        if stage_at is not None:
+            self._schedule(stage_at, RISK_STAGE, str(self.risk.st.generation))
+
+    def _kernel_order(self, inst: Instrument, side: Side, size: int, why: str) -> str:
+        """A reduce-only market order the kernel itself sends (flatten, rebalance)."""
+        now = self.now
+        self.decisions += 1
+        did = f"d{self.decisions}"
+        self.emit(
+            Decision(
+                ts_event=now,
+                ts_recv=now,
+                decision_id=did,
+                strategy="risk",
+                exchange=inst.exchange,
+                symbol=inst.symbol,
+                action=side,
+                reasoning=why,
+                confidence=1.0,
+            )
+        )
+        return self.submit_order(
+            inst.exchange,
+            inst.symbol,
+            side,
+            size,
+            order_type="market",
+            reduce_only=True,
+            decision_id=did,
+            internal=True,
+        )
+
+    def _halt(self, reason: str) -> None:
+        """Kill switch: cancel every order, refuse new ones, flatten every position."""
+        self.halted = True
+        venue = self.venue
+        venue.now = self.now
+        venue.halted = True
+        venue.cancel_all(self.now, f"halt: {reason}")
+        self._flatten(reason)
+
+    def _flatten(self, reason: str) -> None:
+        for key, qty in sorted(self._positions().items()):
+            if key in self._flattening:
+                continue
+            inst = self.instruments.by_key(key)
+            oid = self._kernel_order(
+                inst, "sell" if qty > 0 else "buy", abs(qty), f"flatten on halt: {reason}"
+            )
+            self._flattening[key] = oid
+
+    def _risk_sample(self) -> None:
+        assert self.risk is not None
+        mids: dict[str, float] = {}
+        for key in sorted(self.books):
+            inst = self.instruments.by_key(key)
+            if inst.base in mids:
+                continue
+            m2 = self.books[key].mid_x2()
+            if m2 is not None:
+                mids[inst.base] = m2 / 2
+        self.risk.sample(mids)
+        self._schedule(
+            self.now + self.risk.cfg.correlation_interval_ms * 1_000_000, RISK_SAMPLE, ""
+        )
 
     # -- handlers --------------------------------------------------------------------
 
@@ -510,6 +741,12 @@ class Engine:
             self._quality(ev, exc.rule, exc.detail, True)
             return
         book.seq = ev.seq
+        held = self._held_mids
+        if held and key in held:
+            m2 = book.mid_x2()
+            if m2 is not None and m2 != held[key]:
+                held[key] = m2
+                self._held_moved(key)
         on_market = self._on_market
         if on_market is not None:
             on_market(self.ctx, ev)
@@ -558,12 +795,14 @@ class Engine:
             self._on_market(self.ctx, ev)
 
     def _on_halt(self, ev: Halt) -> None:
-        self.halted = True
-        self.venue.now = self.now
-        self.venue.cancel_all(self.now, f"halt: {ev.reason}")
+        self._halt(ev.reason)
 
     def _on_resume(self, ev: Resume) -> None:
         self.halted = False
+        self.venue.halted = False
+        self._flattening.clear()
+        if self.risk is not None and self.risk.st.level == "halted":
+            self._risk_events(*self.risk.resume(self.equity(), self.now))
 
     # -- internals -------------------------------------------------------------------
 
@@ -604,6 +843,10 @@ class Engine:
                 self._settle_funding(data)  # type: ignore[arg-type]
             elif kind == SNAPSHOT:
                 self._portfolio_snapshot()
+            elif kind == RISK_STAGE and self.risk is not None:
+                self._risk_events(*self.risk.on_stage_timer(int(str(data)), self.now))
+            elif kind == RISK_SAMPLE and self.risk is not None:
+                self._risk_sample()
 
     def _spend(self) -> bool:
         """One strategy action (decision, order, cancel, amend) out of the per-input
@@ -668,6 +911,9 @@ class Engine:
             snapshots_on=self._snapshots_on,
             venue=self.venue.state(),
             portfolio=self.portfolio.state(),
+            risk=self.risk.st if self.risk is not None else None,
+            held_mids=sorted(self._held_mids.items()),
+            flattening=sorted(self._flattening.items()),
         )
 
     def snapshot(self) -> bytes:
@@ -718,6 +964,15 @@ class Engine:
         self.portfolio.restore(st.portfolio)
         self.venue.books = self.books
         self.venue.restore(st.venue)
+        if self.risk is not None and st.risk is not None:
+            self.risk.st = st.risk
+        self._held_mids = dict(st.held_mids)
+        self._flattening = dict(st.flattening)
+        if self.risk is not None:
+            self._revalue_held()
+            peak = self.risk.st.peak
+            self._risk_floor = int(peak * (100 - self.risk.cfg.drawdown_half_size_pct) // 100)
+        self.venue.halted = self.halted
         self._active = self.venue.active
         self._started = True
 

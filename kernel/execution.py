@@ -252,6 +252,7 @@ class Venue:
         self.last_out: dict[str, int] = {}
         self.fills = 0
         self.now = 0
+        self.halted = False  # kill switch: only reduce-only orders are accepted
         q = config.queue_model
         self._queue_f: Callable[[float], float] | None = (
             None
@@ -319,6 +320,8 @@ class Venue:
             self._reject(o, t, tr, f"unknown instrument {key}")
             return
         reason = self._check_new(o, inst)
+        if not reason and self.halted and not o.reduce_only:
+            reason = "halted: kill switch on (an order in flight when the halt came)"
         if reason:
             self._reject(o, t, tr, reason)
             return

@@ -82,8 +82,8 @@ def golden_engine() -> Engine:
 
 
 # Pinned. It changes only when the state layout changes (STATE_VERSION): v2 added the
-# venue, the portfolio and the scheduled-work heap.
-GOLDEN_STATE_HASH = "0021421053ec4a808be245a3a52ada46349b800736f1160304bdf3c89b50347a"
+# venue, the portfolio and the scheduled-work heap; v3 the risk layer's state.
+GOLDEN_STATE_HASH = "09504bc2e1992b64cf5de62a077e1f392028a0a7f3bcf2b8ea782095b0abe968"
 
 
 def test_golden_sequence_exact_values() -> None:
