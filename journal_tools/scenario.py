@@ -9,6 +9,7 @@ A scenario is one JSON object (format in docs/execution.md)::
       "execution": {"queue_model": "risk_averse"},
       "latency": {"entry_ms": 50, "response_ms": 30},
       "portfolio": {"initial_cash": "10000"},
+      "risk": {"max_position_pct": 25},
       "seed": 1,
       "events": [
         {"t_ms": 0, "type": "snapshot", "bids": [["100.0", "10"]], "asks": [["100.1", "10"]]},
@@ -37,7 +38,13 @@ from typing import Any
 
 import msgspec
 
-from kernel.config import EngineConfig, ExecutionConfig, LatencyProfile, PortfolioConfig
+from kernel.config import (
+    EngineConfig,
+    ExecutionConfig,
+    LatencyProfile,
+    PortfolioConfig,
+    RiskLimitsConfig,
+)
 from kernel.engine import Engine
 from kernel.events import (
     BookDelta,
@@ -85,6 +92,7 @@ class Scenario(msgspec.Struct, frozen=True):
     instruments: tuple[Instrument, ...]
     engine: EngineConfig
     latency: dict[str, LatencyProfile]
+    risk: RiskLimitsConfig | None
     seed: int
     inputs: tuple[Event, ...]
     actions: tuple[Action, ...]
@@ -122,6 +130,7 @@ def parse_scenario(raw: Any, name: str = "scenario") -> Scenario:
         "events",
         "settle_ms",
         "description",
+        "risk",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -133,6 +142,7 @@ def parse_scenario(raw: Any, name: str = "scenario") -> Scenario:
         portfolio = msgspec.convert(
             {"snapshot_interval_ms": 0, **raw.get("portfolio", {})}, PortfolioConfig
         )
+        risk = msgspec.convert(raw["risk"], RiskLimitsConfig) if "risk" in raw else None
     except KeyError:
         raise ScenarioError(f"{name}: needs 'instrument' (or 'instruments')") from None
     except (msgspec.ValidationError, InstrumentError, TypeError) as exc:
@@ -172,6 +182,7 @@ def parse_scenario(raw: Any, name: str = "scenario") -> Scenario:
         instruments=instruments,
         engine=EngineConfig(execution=execution, portfolio=portfolio),
         latency=latency,
+        risk=risk,
         seed=int(raw.get("seed", 1)),
         inputs=tuple(inputs),
         actions=tuple(actions),
@@ -345,7 +356,13 @@ def run_scenario(sc: Scenario) -> Iterator[dict[str, Any]]:
     default = sc.instruments[0]
     strat = ScriptedStrategy(list(sc.actions))
     eng = Engine(
-        sc.engine, registry, strat, seed=sc.seed, session_id="scenario", latency=sc.latency
+        sc.engine,
+        registry,
+        strat,
+        seed=sc.seed,
+        session_id="scenario",
+        latency=sc.latency,
+        risk=sc.risk,
     )
     fills: dict[str, list[Fill]] = {}
 

@@ -189,6 +189,11 @@ class Engine:
             if risk is not None
             else 100.0
         )
+        if self.risk is not None:  # the drawdown counts from the starting equity
+            self.risk.st.peak = self.risk.st.equity = self.portfolio.initial_cash
+            self._risk_floor = int(
+                self.risk.st.peak * (100 - self.risk.cfg.drawdown_half_size_pct) // 100
+            )
         self._flattening: dict[str, str] = {}  # instrument -> kernel order flattening it
         self.ctx = StrategyContext(self)
         # bound once: the per-event calls of the hot path
@@ -432,6 +437,8 @@ class Engine:
         elif view is not None:
             if isinstance(ev, OrderAccepted):
                 view.state = "accepted"
+                if ev.size:
+                    view.size = ev.size
             elif isinstance(ev, OrderRejected | OrderCancelled | OrderExpired):
                 del self.orders[ev.order_id]
                 closed = True
@@ -766,6 +773,11 @@ class Engine:
         if key in self._active:
             self.venue.now = self.now
             self.venue.on_snapshot(key, ev.ts_event)
+        if key in self._held_mids:
+            m2 = book.mid_x2()
+            if m2 is not None and m2 != self._held_mids[key]:
+                self._held_mids[key] = m2
+                self._held_moved(key)
         if self._on_market is not None:
             self._on_market(self.ctx, ev)
 
@@ -790,7 +802,10 @@ class Engine:
 
     def _on_mark(self, ev: MarkPrice) -> None:
         self.rows_in += 1
-        self.marks[f"{ev.exchange}:{ev.symbol}"] = (ev.mark_price, ev.index_price)
+        key = f"{ev.exchange}:{ev.symbol}"
+        self.marks[key] = (ev.mark_price, ev.index_price)
+        if key in self._held_mids:
+            self._held_moved(key)
         if self._on_market is not None:
             self._on_market(self.ctx, ev)
 

@@ -162,6 +162,7 @@ class OrderAccepted(Event, frozen=True, tag="OrderAccepted"):
 
     order_id: str
     queue_ahead: int = 0
+    size: int = 0  # the size the venue took when it differs (a clipped reduce-only order)
 
 
 class CancelRequested(Event, frozen=True, tag="CancelRequested"):

@@ -176,6 +176,7 @@ class SimOrder(msgspec.Struct, array_like=True):
     fills: int = 0
     reduce_only: bool = False
     decision_id: str = ""
+    clipped: bool = False
 
     @property
     def remaining(self) -> int:
@@ -329,7 +330,11 @@ class Venue:
         if o.order_type in ("stop_loss", "take_profit"):
             self._transition(o, "accepted", t, tr)
             self.orders[o.order_id] = o
-            self.deliver(OrderAccepted(ts_event=t, ts_recv=tr, order_id=o.order_id))
+            self.deliver(
+                OrderAccepted(
+                    ts_event=t, ts_recv=tr, order_id=o.order_id, size=o.size if o.clipped else 0
+                )
+            )
             self.stops.setdefault(key, []).append(o)
             self.active.add(key)
             ref = self._trigger_ref(key)
@@ -349,7 +354,11 @@ class Venue:
         self.orders[o.order_id] = o
         self._transition(o, "accepted", t, tr)
         if o.order_type == "market":
-            self.deliver(OrderAccepted(ts_event=t, ts_recv=tr, order_id=o.order_id))
+            self.deliver(
+                OrderAccepted(
+                    ts_event=t, ts_recv=tr, order_id=o.order_id, size=o.size if o.clipped else 0
+                )
+            )
             self._take(o, inst, None, t, tr)
             self._finish_aggressive(o, t, tr)
         else:
@@ -376,8 +385,14 @@ class Venue:
                 f"{inst.min_notional / 1e8:g} {inst.quote}"
             )
         held = self.portfolio.qty(o.key)
-        if o.reduce_only and (held == 0 or (held > 0) == (o.side > 0) or o.size > abs(held)):
-            return f"reduce_only: position {inst.size_text(held)} cannot be reduced by this order"
+        if o.reduce_only:
+            if held == 0 or (held > 0) == (o.side > 0):
+                return (
+                    f"reduce_only: position {inst.size_text(held)} cannot be reduced by this order"
+                )
+            if o.size > abs(held):
+                o.size = abs(held)  # clipped to the position, as venues do for reduce-only
+                o.clipped = True
         if inst.kind == "spot" and o.side < 0:
             committed = sum(
                 x.remaining for x in self.orders.values() if x.key == o.key and x.side < 0
@@ -412,7 +427,11 @@ class Venue:
             not marketable or self._available(o.key, book, o.side, o.price) < o.remaining
         ):
             if ack:
-                self.deliver(OrderAccepted(ts_event=t, ts_recv=tr, order_id=o.order_id))
+                self.deliver(
+                    OrderAccepted(
+                        ts_event=t, ts_recv=tr, order_id=o.order_id, size=o.size if o.clipped else 0
+                    )
+                )
             self._expire(o, t, tr)
             return
         rests = o.tif in ("GTC", "POST_ONLY")
@@ -424,7 +443,11 @@ class Venue:
                 )
             return
         if ack:
-            self.deliver(OrderAccepted(ts_event=t, ts_recv=tr, order_id=o.order_id))
+            self.deliver(
+                OrderAccepted(
+                    ts_event=t, ts_recv=tr, order_id=o.order_id, size=o.size if o.clipped else 0
+                )
+            )
         if marketable:
             self._take(o, inst, o.price, t, tr)
         if o.remaining and rests:
