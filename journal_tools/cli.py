@@ -366,6 +366,25 @@ def cmd_project(args: argparse.Namespace) -> int:
         journal.close()
 
 
+def cmd_halt(args: argparse.Namespace) -> int:
+    """Kill switch on (``halt``) or off (``resume``): an operator event in md.CONTROL."""
+    from adapters.journal.base import CONTROL_STREAM
+    from kernel.events import Halt, Resume
+
+    if not args.reason.strip():
+        raise UsageError("--reason must say why (it is journaled and audited)")
+    ts = parse_time(args.at) if args.at else int(datetime.now(UTC).timestamp() * 1e9)
+    cls = Halt if args.command == "halt" else Resume
+    event = cls(ts_event=ts, ts_recv=ts, reason=args.reason, source=args.source)
+    config = _config(args)
+    with _journal(args, config) as journal:
+        (seq,) = journal.append(CONTROL_STREAM, [event])
+    out.print(
+        f"{args.command} journaled: {CONTROL_STREAM} seq {seq} at {fmt_ns(ts)} UTC ({args.reason})"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from journal_tools.demo import run_demo
 
@@ -454,6 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--journal", help="journal DSN")
     sp.add_argument("--format", choices=["table", "json"], default="table")
     sp.add_argument("--limit", type=int, default=50, help="at most this many decisions")
+
+    for name, what in (
+        ("halt", "kill switch: cancel every order, flatten, refuse new orders until resume"),
+        ("resume", "lift the kill switch (after a risk halt, re-entry starts at reduced size)"),
+    ):
+        sp = add(name, cmd_halt, what)
+        sp.add_argument("--reason", required=True, help="why (journaled, shown by audit)")
+        sp.add_argument("--at", help="event time (ISO-8601 UTC or ns; default: now)")
+        sp.add_argument("--source", default="operator", help="who (default operator)")
+        sp.add_argument("--journal", help="journal DSN")
 
     sp = add(
         "scenario",

@@ -194,3 +194,43 @@ def test_help_everywhere() -> None:
 
 def test_demo_runs_and_verifies(tmp_path: Path) -> None:
     assert main(["demo", "--out", str(tmp_path / "demo"), "--hours", "0.02", "-q"]) == 0
+
+
+def test_halt_and_resume_from_the_cli_in_a_replay(
+    market: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tickerml halt` journals an operator Halt in md.CONTROL; a replay folds it in time
+    order: after it the strategy's orders are refused and its position is flattened; the
+    session verifies byte for byte; `tickerml resume` lifts it."""
+    import shutil
+
+    work, _ = market
+    db = tmp_path / "j.db"
+    shutil.copy(work / "j.db", db)
+    dsn2 = f"sqlite:///{db}"
+    at = "2025-01-01T00:01:00"
+    assert main(["halt", "--reason", "drill", "--at", at, "--journal", dsn2]) == 0
+    assert "halt journaled: md.CONTROL seq 1" in capsys.readouterr().out
+    assert main(["resume", "--reason", "", "--journal", dsn2]) == 2  # a reason is required
+    stats = replay(dsn2, tmp_path, "--strategy", "market_maker", "--exchange", "binance")
+    assert (
+        main(["replay", "--journal", dsn2, "--session", str(stats["session_id"]), "--verify"]) == 0
+    )
+    conn = sqlite3.connect(db)
+    sid = conn.execute(
+        "SELECT sid FROM streams WHERE name = ?", (f"session.{stats['session_id']}",)
+    ).fetchone()[0]
+    outs = [
+        decode(p)
+        for (p,) in conn.execute("SELECT payload FROM events WHERE sid = ? ORDER BY seq", (sid,))
+    ]
+    t_halt = 1735689660 * 10**9
+    after = [o for o in outs if o.ts_recv >= t_halt and type(o).__name__ == "OrderSubmitted"]
+    assert after, "the market maker kept trying"
+    rejected = {o.order_id for o in outs if type(o).__name__ == "OrderRejected"}
+    strategy_orders = [o for o in after if not o.reduce_only]
+    assert strategy_orders and all(o.order_id in rejected for o in strategy_orders)
+    cancels = [
+        o for o in outs if type(o).__name__ == "OrderCancelled" and o.reason == "halt: drill"
+    ]
+    assert cancels  # the quotes that were resting

@@ -823,3 +823,19 @@ def test_open_journal_dsns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_open_journal_refuses_bad_dsns(dsn: str, message: str) -> None:
     with pytest.raises(JournalError, match=re.escape(message)):
         open_journal(dsn)
+
+
+def test_control_rows_pass_every_filter(journal: Journal) -> None:
+    """Operator Halt/Resume rows (md.CONTROL) are in every range read, filtered or not."""
+    from adapters.journal.base import CONTROL_STREAM
+    from kernel.events import Halt
+
+    _fill_market(journal)
+    halt = Halt(ts_event=150, ts_recv=150, reason="drill")
+    journal.append(CONTROL_STREAM, [halt])
+    for kwargs in ({}, {"exchanges": ["BINANCE"]}, {"symbols": ["NOPE"]}):
+        streams = [r.stream for r in journal.read_range(**kwargs)]
+        assert CONTROL_STREAM in streams, kwargs
+    only_control = list(journal.read_range(exchanges=["NOWHERE"]))
+    assert [(r.stream, r.ts_recv) for r in only_control] == [(CONTROL_STREAM, 150)]
+    assert list(journal.iter_payloads(exchanges=["NOWHERE"])) == [only_control[0].payload]

@@ -59,6 +59,12 @@ def session_stream(session_id: str) -> str:
     return f"session.{session_id}"
 
 
+CONTROL_STREAM = "md.CONTROL"
+"""Operator inputs (``Halt``, ``Resume``) that every replay folds in time order with the
+market data: they belong to no instrument, so range reads include them whatever the
+exchange and symbol filters."""
+
+
 class JournalError(RuntimeError):
     """The journal cannot do what was asked (bad DSN, schema mismatch, closed, ...)."""
 

@@ -235,8 +235,8 @@ class MemoryJournal(Journal):
             for r in rows
             if (start_ns is None or r.ts_recv >= start_ns)
             and (end_ns is None or r.ts_recv < end_ns)
-            and (ex is None or r.exchange in ex)
-            and (sy is None or r.symbol in sy)
+            and (ex is None or r.exchange in ex or r.exchange == "")
+            and (sy is None or r.symbol in sy or r.symbol == "")
         ]
         out.sort(key=_canonical_key)
         yield from out

@@ -510,7 +510,8 @@ class SqliteJournal(Journal):
                     return None
                 # Unary + : with a single value SQLite would treat the term as col = ?,
                 # drop col from the ORDER BY and sort; as a plain filter it does not.
-                where.append(f"+e.{col} IN ({','.join('?' * len(vals))})")
+                # Rows of no instrument (operator Halt/Resume in md.CONTROL) always pass.
+                where.append(f"(+e.{col} IN ({','.join('?' * len(vals))}) OR e.{col} = '')")
                 params.extend(vals)
         return where, params
 
@@ -586,8 +587,10 @@ class SqliteJournal(Journal):
         rows = conn.execute(
             "SELECT sid, ordered, exchange, symbol FROM streams WHERE market = 1"
         ).fetchall()
-        if any(ex is None for _, _, ex, _ in rows):
-            return None  # a stream with several instruments: filters need the index
+        if any(ex is None or ex == "" for _, _, ex, _ in rows):
+            # a stream with several instruments (filters need the index), or the control
+            # stream, whose rows every range includes
+            return None
         matching = [
             (sid, ordered)
             for sid, ordered, ex, sym in rows
