@@ -610,7 +610,9 @@ class Engine:
         if risk is None:
             return
         self._revalue_held()
-        events, stage_at = risk.on_equity(self.equity(), self.now)
+        events, stage_at = risk.on_equity(
+            self.portfolio.cash + sum(self._held_values.values()), self.now
+        )
         cfg = risk.cfg
         self._risk_floor = int(risk.st.peak * (100 - cfg.drawdown_half_size_pct) // 100)
         self._risk_events(events, stage_at)
@@ -750,9 +752,9 @@ class Engine:
         book.seq = ev.seq
         held = self._held_mids
         if held and key in held:
-            m2 = book.mid_x2()
-            if m2 is not None and m2 != held[key]:
-                held[key] = m2
+            bk, ak = book.bids.keys, book.asks.keys
+            if bk and ak and bk[-1] - ak[-1] != held[key]:  # the mid (x2) moved
+                held[key] = bk[-1] - ak[-1]
                 self._held_moved(key)
         on_market = self._on_market
         if on_market is not None:

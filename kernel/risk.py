@@ -276,6 +276,10 @@ class RiskManager:
         self, inst: Instrument, side: int, grow: int, positions: dict[str, int], notes: list[str]
     ) -> int:
         cfg = self.cfg
+        if not any(
+            q and self.instruments.by_key(k).base != inst.base for k, q in positions.items()
+        ):
+            return grow  # no open position in another asset
         mine = self._returns(inst.base)
         if mine is None:
             return grow

@@ -37,7 +37,7 @@ class MarketMakerStrategy(BaseStrategy):
         requote_every: int = 100,
         spread_ticks: int = 0,
         skew_ticks: int = 1,
-        max_inventory: str = "0.05",
+        max_inventory: str = "0.03",
         sides: str = "both",
     ) -> None:
         if requote_every < 1 or spread_ticks < 0 or skew_ticks < 0:
