@@ -582,9 +582,10 @@ class Engine:
         return chk.size, ""
 
     def _held_moved(self, key: str) -> None:
-        """The mid of a held instrument moved: revalue it and look at the drawdown only
-        when equity left the band in which nothing can change (a new peak above, the
-        first breaker below, or a breaker or re-entry in force)."""
+        """The mark of a held instrument moved: revalue it and look at the drawdown only
+        when equity left the band in which nothing can change (the first breaker below,
+        or a breaker or re-entry in force); a new peak in normal state only moves the
+        peak."""
         risk = self.risk
         assert risk is not None
         pos = self.portfolio.positions[key]
@@ -596,12 +597,14 @@ class Engine:
         values[key] = v if pos.qty > 0 else -v
         equity = self.portfolio.cash + sum(values.values())
         st = risk.st
-        if (
-            equity > st.peak
-            or equity <= self._risk_floor
-            or st.level != "normal"
-            or (v * 100 > equity * self._position_cap_pct and key not in st.rebalancing)
-        ):
+        if st.level != "normal" or equity <= self._risk_floor:
+            self._risk_update()
+            return
+        if equity > st.peak:  # a new high: no breaker can trip, only the floor moves
+            st.peak = st.equity = equity
+            st.drawdown = 0.0
+            self._risk_floor = int(equity * (100 - risk.cfg.drawdown_half_size_pct) // 100)
+        if v * 100 > equity * self._position_cap_pct and key not in st.rebalancing:
             self._risk_update()
 
     def _risk_update(self) -> None:
