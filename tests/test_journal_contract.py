@@ -17,12 +17,14 @@ import msgspec
 import pytest
 
 import adapters.journal.memory as memory_backend
+import adapters.journal.postgres as postgres_backend
 from adapters.journal import (
     GENESIS_HASH,
     Journal,
     JournalError,
     JournalRecord,
     MemoryJournal,
+    PostgresJournal,
     PreparedEvent,
     SqliteJournal,
     StreamInfo,
@@ -43,7 +45,7 @@ from kernel.events import (
     event_id,
 )
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 
 BTC = market_stream("BINANCE", "BTC-USDT")
 ETH = market_stream("BINANCE", "ETH-USDT")
@@ -80,18 +82,22 @@ def trade(seq: int, ts: int, exchange: str = "BINANCE", symbol: str = "BTC-USDT"
     )
 
 
-def open_backend(name: str, tmp_path: Path) -> Journal:
-    """A fresh, empty journal of backend ``name``."""
+def open_backend(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> Journal:
+    """A fresh, empty journal of backend ``name``. PostgreSQL: a fresh schema in the
+    session's test database (``tests/conftest.py``); skipped without a server."""
     if name == "memory":
         return MemoryJournal()
     if name == "sqlite":
         return SqliteJournal(tmp_path / "journal.db")
+    if name == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        return PostgresJournal(dsn, schema=request.getfixturevalue("pg_schema"))
     raise ValueError(f"unknown backend {name}")
 
 
 @pytest.fixture(params=BACKENDS)
 def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Journal]:
-    j = open_backend(request.param, tmp_path)
+    j = open_backend(request.param, tmp_path, request)
     yield j
     j.close()
 
@@ -158,9 +164,27 @@ def _fail_memory(journal: Journal, monkeypatch: pytest.MonkeyPatch, after: int) 
     return probe
 
 
+def _fail_postgres(journal: Journal, monkeypatch: pytest.MonkeyPatch, after: int) -> Injected:
+    """COPY (forced even for small batches) gets ``after`` rows into the staging table,
+    then the writer raises."""
+    probe = Injected()
+
+    def failing(copy: Any, rows: list[tuple[Any, ...]]) -> None:
+        for i, row in enumerate(rows):
+            if i == after:
+                raise RuntimeError("injected failure mid-insert")
+            copy.write_row(row)
+            probe.rows_before_failure = i + 1
+
+    monkeypatch.setattr(postgres_backend, "write_rows", failing)
+    monkeypatch.setattr(postgres_backend, "COPY_MIN_ROWS", 1)
+    return probe
+
+
 FAIL_MID_INSERT: dict[str, Callable[[Journal, pytest.MonkeyPatch, int], Injected]] = {
     "memory": _fail_memory,
     "sqlite": _fail_sqlite,
+    "postgres": _fail_postgres,
 }
 
 
@@ -812,8 +836,12 @@ def test_open_journal_dsns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.parametrize(
     ("dsn", "message"),
     [
-        ("postgresql://user@localhost/tickerml", "PostgreSQL journal not available yet"),
-        ("postgres://localhost/tickerml", "PostgreSQL journal not available yet"),
+        (
+            "postgresql://user:s3cret@127.0.0.1:1/tickerml",
+            "cannot connect to PostgreSQL at 127.0.0.1:1/tickerml",
+        ),
+        ("postgres://127.0.0.1:1/tickerml", "cannot connect to PostgreSQL at 127.0.0.1:1"),
+        ("postgresql://127.0.0.1:1/db?schema=Bad-Name", "schema name 'Bad-Name' is not allowed"),
         ("kafka://broker:9092", "unknown journal scheme 'kafka'"),
         ("sqlite://relative.db", "expected sqlite:///path/to/file.db"),
         ("memory://somewhere", "memory:// takes no path"),
@@ -821,8 +849,9 @@ def test_open_journal_dsns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     ],
 )
 def test_open_journal_refuses_bad_dsns(dsn: str, message: str) -> None:
-    with pytest.raises(JournalError, match=re.escape(message)):
+    with pytest.raises(JournalError, match=re.escape(message)) as caught:
         open_journal(dsn)
+    assert "s3cret" not in str(caught.value)
 
 
 def test_control_rows_pass_every_filter(journal: Journal) -> None:

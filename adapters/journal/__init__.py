@@ -16,6 +16,7 @@ from adapters.journal.base import (
     session_stream,
 )
 from adapters.journal.memory import MemoryJournal
+from adapters.journal.postgres import PostgresJournal
 from adapters.journal.sqlite import SqliteJournal
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "JournalError",
     "JournalRecord",
     "MemoryJournal",
+    "PostgresJournal",
     "PreparedEvent",
     "SqliteJournal",
     "StreamInfo",
@@ -42,7 +44,10 @@ def open_journal(dsn: str) -> Journal:
     * ``memory://``: a fresh :class:`MemoryJournal`.
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (everything after
       ``sqlite:///`` is the path), or a plain file path: a :class:`SqliteJournal`.
-    * ``postgresql://...``: not available yet.
+    * ``postgresql://user@host:port/db?schema=NAME`` (or ``postgres://``): a
+      :class:`PostgresJournal` in schema ``NAME`` (default ``tickerml``), created on first
+      open. A server that cannot be reached raises :class:`JournalError` naming host and
+      port (never the password).
     """
     if not dsn:
         raise JournalError("empty journal DSN")
@@ -59,5 +64,5 @@ def open_journal(dsn: str) -> Journal:
             raise JournalError(f"expected sqlite:///path/to/file.db, got {dsn!r}")
         return SqliteJournal(rest[1:])
     if scheme in ("postgresql", "postgres"):
-        raise JournalError("PostgreSQL journal not available yet")
+        return PostgresJournal(dsn)
     raise JournalError(f"unknown journal scheme {scheme!r} in {dsn!r}")

@@ -1,0 +1,898 @@
+"""PostgreSQL journal (psycopg 3): hash-chained streams in one schema, COPY ingest.
+
+Connections
+    One writer connection (autocommit; every append is its own transaction, or a
+    savepoint inside :meth:`PostgresJournal.transaction`) and a small pool of read
+    connections. Every read (an iterator, ``verify``, ``streams``) runs in its own
+    ``REPEATABLE READ READ ONLY`` transaction on a pooled connection and iterates a
+    server-side cursor, so it sees one committed snapshot, taken when it starts, however
+    many rows are appended while it runs. Inside ``transaction()`` reads use the writer
+    (to see the block's own appends) and fetch their rows at once.
+Schema (version 1, in schema ``tickerml`` unless told otherwise)
+    ``meta`` (``schema_version``); ``streams``: one row per stream with its id (its
+    creation order), name, tail (last seq, last hash), time span, whether every append
+    so far kept the canonical order (``ordered``, ``last_key``) and its instrument (NULL
+    once a stream holds several); ``events``: primary key ``(sid, seq)``, ``event_id``
+    unique; ``prev_hash`` is not stored, it is the previous row's ``hash``. The
+    canonical-order index is partial (``WHERE market``) so session rows stay out of it.
+    Text that takes part in an order (stream names, exchange, symbol, session ids) is
+    ``COLLATE "C"``: bytewise, as Python and SQLite compare strings.
+Appends and concurrency
+    An append locks its stream's row (``SELECT ... FOR UPDATE``), so writers to one
+    stream queue up and seqs stay gap-free. Seqs and hashes are computed here for the
+    events not stored yet, COPYed (binary) into a temporary staging table and moved with
+    ``INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING``, which also moves the
+    stream's tail (batches under :data:`COPY_MIN_ROWS` rows are inserted from arrays in
+    one statement instead). The first try does not look for stored ids (the common
+    case: none); if the insert count falls short (a repeat, or another writer stored one of the ids
+    meanwhile), the try is rolled back and repeated after probing for stored ids.
+Read models
+    Tables of their own name in the same schema (``session_id``, ``row_no`` and the
+    declared columns as BIGINT, DOUBLE PRECISION, TEXT), listed in ``read_models`` with
+    their declared columns (JSON), as in the SQLite backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from adapters.journal.base import (
+    GENESIS_HASH,
+    Journal,
+    JournalError,
+    JournalRecord,
+    PreparedEvent,
+    ReadModelColumn,
+    ReadModelRows,
+    ReadModelValue,
+    StreamInfo,
+    VerifyReport,
+    check_read_model,
+    check_read_model_rows,
+    read_model_mismatch,
+)
+from adapters.journal.memory import check_row
+
+SCHEMA_VERSION = 1
+DEFAULT_SCHEMA = "tickerml"
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE streams (
+        sid       SERIAL  PRIMARY KEY,
+        name      TEXT    COLLATE "C" NOT NULL UNIQUE,
+        market    BOOLEAN NOT NULL,
+        last_seq  BIGINT  NOT NULL,
+        last_hash BYTEA   NOT NULL,
+        first_ts  BIGINT  NOT NULL,
+        last_ts   BIGINT  NOT NULL,
+        last_key  BYTEA   NOT NULL,
+        ordered   BOOLEAN NOT NULL,
+        exchange  TEXT    COLLATE "C",
+        symbol    TEXT    COLLATE "C"
+    )""",
+    """CREATE TABLE events (
+        sid       INTEGER NOT NULL,
+        seq       BIGINT  NOT NULL,
+        event_id  BYTEA   NOT NULL UNIQUE,
+        ts_event  BIGINT  NOT NULL,
+        ts_recv   BIGINT  NOT NULL,
+        priority  INTEGER NOT NULL,
+        kind      TEXT    NOT NULL,
+        exchange  TEXT    COLLATE "C" NOT NULL,
+        symbol    TEXT    COLLATE "C" NOT NULL,
+        src_seq   BIGINT  NOT NULL,
+        market    BOOLEAN NOT NULL,
+        payload   BYTEA   NOT NULL,
+        hash      BYTEA   NOT NULL,
+        PRIMARY KEY (sid, seq)
+    )""",
+    # Canonical replay order over market streams; queries repeat ``e.market``.
+    """CREATE INDEX events_canonical
+        ON events (ts_recv, priority, exchange, symbol, src_seq, sid, seq)
+        WHERE market""",
+    """CREATE TABLE read_models (name TEXT PRIMARY KEY, columns TEXT NOT NULL)""",
+)
+
+_EVENT_COLUMNS = (
+    "sid, seq, event_id, ts_event, ts_recv, priority, kind, exchange, symbol, src_seq, "
+    "market, payload, hash"
+)
+_COPY_TYPES = (
+    "int4",
+    "int8",
+    "bytea",
+    "int8",
+    "int8",
+    "int4",
+    "text",
+    "text",
+    "text",
+    "int8",
+    "bool",
+    "bytea",
+    "bytea",
+)
+_STAGING = "tickerml_staging"
+_STAGING_DDL = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ("
+    "sid INTEGER, seq BIGINT, event_id BYTEA, ts_event BIGINT, ts_recv BIGINT, "
+    "priority INTEGER, kind TEXT, exchange TEXT, symbol TEXT, src_seq BIGINT, "
+    "market BOOLEAN, payload BYTEA, hash BYTEA) ON COMMIT DELETE ROWS"
+)
+_COPY = f"COPY {_STAGING} ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_TAIL = (
+    "upd AS (UPDATE streams SET last_seq = %s, last_hash = %s, first_ts = %s, "
+    "last_ts = %s, last_key = %s, ordered = %s, exchange = %s, symbol = %s "
+    "WHERE sid = %s) SELECT count(*) FROM ins"
+)
+# One statement empties the staging table into events and moves the stream's tail; its
+# result is the number of rows inserted (short of the staged count if an id was stored
+# meanwhile). Emptying it here (not TRUNCATE, which costs over a millisecond) lets the
+# next append of a transaction() block reuse it; ON COMMIT DELETE ROWS reclaims the
+# space at commit.
+_MOVE = (
+    f"WITH staged AS (DELETE FROM {_STAGING} RETURNING {_EVENT_COLUMNS}), "
+    f"ins AS (INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM staged "
+    f"ON CONFLICT (event_id) DO NOTHING RETURNING 1), {_TAIL}"
+)
+# Small batches skip the staging table: one statement inserts them from arrays.
+_UNNEST_TYPES = (
+    "int4[]",
+    "int8[]",
+    "bytea[]",
+    "int8[]",
+    "int8[]",
+    "int4[]",
+    "text[]",
+    "text[]",
+    "text[]",
+    "int8[]",
+    "bool[]",
+    "bytea[]",
+    "bytea[]",
+)
+_INSERT_ARRAYS = (
+    f"WITH ins AS (INSERT INTO events ({_EVENT_COLUMNS}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}" for t in _UNNEST_TYPES)
+    + f") ON CONFLICT (event_id) DO NOTHING RETURNING 1), {_TAIL}"
+)
+COPY_MIN_ROWS = 16
+"""Batches of at least this many new rows go through COPY; smaller ones are inserted
+from arrays in one statement (a COPY costs a round trip more)."""
+_STREAM_ROW = (
+    "SELECT sid, market, last_seq, last_hash, first_ts, last_ts, last_key, ordered, "
+    "exchange, symbol FROM streams WHERE name = %s"
+)
+# Read columns: the record fields in JournalRecord order with the previous row's hash
+# (prev_hash) joined in; sid first, to name the stream.
+_READ_COLUMNS = (
+    "e.sid, e.seq, e.event_id, e.ts_event, e.ts_recv, e.priority, e.kind, e.exchange, "
+    "e.symbol, e.src_seq, e.payload, p.hash, e.hash"
+)
+_PREV_JOIN = "LEFT JOIN events p ON p.sid = e.sid AND p.seq = e.seq - 1"
+_ORDER = "ORDER BY e.ts_recv, e.priority, e.exchange, e.symbol, e.src_seq, e.sid, e.seq"
+_FETCH = 8192
+_MAX_TRIES = 8
+_IDLE_READERS = 4
+_KEY_ENC = msgspec.msgpack.Encoder()
+_NO_KEY = (-1, -1, "", "", -1)
+_LEN_PREFIX = tuple(bytes((n,)) for n in range(256))
+"""``chain_hash``'s one-byte event_id length prefix, precomputed."""
+
+_SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE PRECISION", "text": "TEXT"}
+_COPY_MODEL_TYPES = {"int": "int8", "float": "float8", "text": "text"}
+_COLUMNS_CODEC = (msgspec.json.Encoder(), msgspec.json.Decoder(tuple[ReadModelColumn, ...]))
+
+
+class _Retry(Exception):
+    """Raised inside an append's transaction to roll it back and try again."""
+
+
+def split_dsn(dsn: str) -> tuple[str, str | None]:
+    """``(libpq DSN, schema)``: takes the ``schema`` query parameter out of a URL DSN
+    (libpq refuses parameters it does not know); ``None`` when there is none."""
+    if "://" not in dsn:
+        return dsn, None
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [v for k, v in query if k == "schema"]
+    if not schemas:
+        return dsn, None
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schemas[-1]
+
+
+def describe_dsn(dsn: str) -> tuple[str, str]:
+    """``(where, password)``: ``host:port/dbname`` for messages (never the password),
+    and the password, to scrub it from error texts ("" if none)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "<unparsable DSN>", ""
+    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
+    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    db = str(params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or "")
+    return f"{host}:{port}/{db}", str(params.get("password") or "")
+
+
+def _scrub(text: str, password: str) -> str:
+    return text.replace(password, "***") if password else text
+
+
+class _Stream(msgspec.Struct):
+    """A stream's row in ``streams``, as the writer keeps it."""
+
+    sid: int
+    market: bool
+    last_seq: int
+    last_hash: bytes
+    first_ts: int
+    last_ts: int
+    last_key: tuple[int, int, str, str, int]
+    ordered: bool
+    exchange: str | None
+    symbol: str | None
+
+
+class PostgresJournal(Journal):
+    """Journal in schema ``schema`` of a PostgreSQL database (created on first open).
+
+    ``dsn`` is a libpq connection string or URL (a ``schema`` query parameter in a URL
+    names the schema when ``schema`` is not given). Not thread-safe; several journals
+    (threads, processes) may append to one schema, even to one stream.
+    """
+
+    def __init__(self, dsn: str, schema: str | None = None, connect_timeout: int = 10) -> None:
+        libpq_dsn, dsn_schema = split_dsn(dsn)
+        self.schema = schema or dsn_schema or DEFAULT_SCHEMA
+        if not _SCHEMA_NAME.fullmatch(self.schema):
+            raise JournalError(
+                f"PostgreSQL schema name {self.schema!r} is not allowed "
+                "(lower-case letters, digits and _)"
+            )
+        self._dsn = libpq_dsn
+        self._connect_timeout = connect_timeout
+        self.where, self._password = describe_dsn(libpq_dsn)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._readers: set[psycopg.Connection[Any]] = set()
+        self._txn_depth = 0
+        self._search_path = sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema))
+        try:
+            self._conn = self._connect(autocommit=True)
+            self._init_schema(self._conn)
+            self._conn.execute(_STAGING_DDL)
+        except psycopg.Error as exc:
+            self.close()
+            raise JournalError(
+                f"PostgreSQL journal at {self.where} schema {self.schema}: "
+                f"{_scrub(str(exc).strip(), self._password)}"
+            ) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections -----------------------------------------------------------------
+
+    def _connect(self, autocommit: bool) -> psycopg.Connection[Any]:
+        kwargs: dict[str, Any] = {}
+        if "connect_timeout" not in conninfo_to_dict(self._dsn):
+            kwargs["connect_timeout"] = self._connect_timeout
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True, **kwargs)
+        except psycopg.Error as exc:
+            raise JournalError(
+                f"cannot connect to PostgreSQL at {self.where}: "
+                f"{_scrub(str(exc).strip(), self._password)}"
+            ) from exc
+        conn.execute(self._search_path)
+        conn.autocommit = autocommit
+        return conn
+
+    def _init_schema(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            # Serialise first opens of one schema (two processes starting at once).
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tickerml:{self.schema}",))
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
+            tables = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.schema,)
+                )
+            }
+            if "meta" not in tables:
+                if tables:
+                    names = ", ".join(sorted(tables))
+                    raise JournalError(
+                        f"PostgreSQL schema {self.schema} at {self.where} is not a journal "
+                        f"(has tables: {names})"
+                    )
+                for stmt in _SCHEMA:
+                    conn.execute(stmt)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s)",
+                    (str(SCHEMA_VERSION),),
+                )
+                return
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            found = None if row is None else row[0]
+            if found != str(SCHEMA_VERSION):
+                raise JournalError(
+                    f"PostgreSQL schema {self.schema} at {self.where}: journal schema version "
+                    f"{found} is not supported (this code reads version {SCHEMA_VERSION})"
+                )
+
+    def _writer(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            raise JournalError("journal is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _snapshot(self, writer: bool) -> Iterator[psycopg.Connection[Any]]:
+        """A connection whose statements all see one snapshot: the writer inside
+        transaction(), else a pooled reader in a REPEATABLE READ READ ONLY transaction
+        (ended, and the reader pooled again, when the block ends)."""
+        if writer:
+            yield self._writer()
+            return
+        conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect(autocommit=False)
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            self._readers.add(conn)
+        try:
+            yield conn
+        finally:
+            if conn.closed:
+                self._readers.discard(conn)
+            else:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    self._readers.discard(conn)
+                    conn.close()
+                else:
+                    if self._conn is not None and len(self._idle) < _IDLE_READERS:
+                        self._idle.append(conn)
+                    else:
+                        self._readers.discard(conn)
+                        conn.close()
+
+    def _reading(self) -> bool:
+        """Check the journal is open; whether reads go to the writer (in a block)."""
+        self._writer()
+        return self._txn_depth > 0
+
+    # -- append ----------------------------------------------------------------------
+
+    def append_prepared(self, stream: str, events: Sequence[PreparedEvent]) -> list[int]:
+        conn = self._writer()
+        if not stream:
+            raise JournalError("stream name must not be empty")
+        if not events:
+            return []
+        # Each try is a transaction (a savepoint inside transaction()): a failure, or a
+        # short insert count, rolls back everything it did.
+        for attempt in range(_MAX_TRIES):
+            try:
+                with conn.transaction():
+                    seqs = self._append_in_txn(conn, stream, events, probe=attempt > 0)
+                return seqs
+            except _Retry:
+                continue
+            except psycopg.Error as exc:
+                msg = f"append to {stream} failed (nothing stored): {str(exc).strip()}"
+                raise JournalError(msg) from exc
+        raise JournalError(
+            f"append to {stream} failed (nothing stored): event ids kept colliding with "
+            f"concurrent writers after {_MAX_TRIES} tries"
+        )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every append (and read-model write) in the block one transaction: all
+        committed at the end of the block, or none if it raises. Reads in the block see
+        its appends (other connections do not). A nested block joins the outermost one."""
+        conn = self._writer()
+        if self._txn_depth:
+            self._txn_depth += 1
+            try:
+                yield
+            finally:
+                self._txn_depth -= 1
+            return
+        self._txn_depth = 1
+        try:
+            with conn.transaction():
+                yield
+        except psycopg.Error as exc:
+            raise JournalError(f"transaction failed (nothing stored): {exc}") from exc
+        finally:
+            self._txn_depth = 0
+
+    def _lock_stream(
+        self, conn: psycopg.Connection[Any], stream: str, first: PreparedEvent
+    ) -> _Stream:
+        """The stream's row, locked until the transaction ends (created if missing)."""
+        row = conn.execute(_STREAM_ROW + " FOR UPDATE", (stream,)).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO streams (name, market, last_seq, last_hash, first_ts, last_ts, "
+                "last_key, ordered, exchange, symbol) "
+                "VALUES (%s, %s, 0, %s, %s, %s, %s, TRUE, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (
+                    stream,
+                    stream.startswith("md."),
+                    GENESIS_HASH,
+                    first.ts_recv,
+                    first.ts_recv,
+                    _KEY_ENC.encode(_NO_KEY),
+                    first.exchange,
+                    first.symbol,
+                ),
+            )
+            row = conn.execute(_STREAM_ROW + " FOR UPDATE", (stream,)).fetchone()
+            assert row is not None
+        sid, market, last_seq, last_hash, first_ts, last_ts, key, ordered, ex, sym = row
+        ts, prio, exchange, symbol, src_seq = msgspec.msgpack.decode(key)
+        return _Stream(
+            sid,
+            market,
+            last_seq,
+            last_hash,
+            first_ts,
+            last_ts,
+            (ts, prio, exchange, symbol, src_seq),
+            ordered,
+            ex,
+            sym,
+        )
+
+    def _append_in_txn(
+        self,
+        conn: psycopg.Connection[Any],
+        stream: str,
+        events: Sequence[PreparedEvent],
+        probe: bool,
+    ) -> list[int]:
+        """Assign seqs and hashes, stage, insert, move the tail; raises :class:`_Retry`
+        if fewer rows went in than were staged. The caller owns the transaction."""
+        st = self._lock_stream(conn, stream, events[0])
+        sid, market = st.sid, st.market
+        last_seq, prev = st.last_seq, st.last_hash
+        first_ts, last_ts = st.first_ts, st.last_ts
+        last_key, ordered = st.last_key, st.ordered
+        exchange, symbol = st.exchange, st.symbol
+        # event_id -> seq for ids already stored (when probing) or earlier in this batch.
+        known: dict[bytes, int] = {}
+        if probe:
+            ids = list({ev.event_id for ev in events})
+            for eid, seq in conn.execute(
+                "SELECT event_id, seq FROM events WHERE event_id = ANY(%s)", (ids,)
+            ):
+                known[eid] = seq
+        seqs: list[int] = []
+        rows: list[tuple[object, ...]] = []
+        add_seq = seqs.append
+        add_row = rows.append
+        prefix = _LEN_PREFIX
+        blake2b = hashlib.blake2b
+        for ev in events:
+            eid = ev.event_id
+            have = known.get(eid)
+            if have is not None:
+                add_seq(have)
+                continue
+            last_seq += 1
+            ts = ev.ts_recv
+            key = (ts, ev.priority, ev.exchange, ev.symbol, ev.src_seq)
+            if ordered and key < last_key:
+                ordered = False
+            last_key = key
+            if ts < first_ts:
+                first_ts = ts
+            if ts > last_ts:
+                last_ts = ts
+            if exchange is not None and (ev.exchange != exchange or ev.symbol != symbol):
+                exchange = symbol = None
+            # == chain_hash(prev, eid, payload), inlined for the hot path.
+            h = blake2b(prev + prefix[len(eid)] + eid + ev.payload, digest_size=32).digest()
+            add_row(
+                (
+                    sid,
+                    last_seq,
+                    eid,
+                    ev.ts_event,
+                    ts,
+                    ev.priority,
+                    ev.kind,
+                    ev.exchange,
+                    ev.symbol,
+                    ev.src_seq,
+                    market,
+                    ev.payload,
+                    h,
+                )
+            )
+            known[eid] = last_seq
+            add_seq(last_seq)
+            prev = h
+        if not rows:
+            return seqs
+        tail = (
+            last_seq,
+            prev,
+            first_ts,
+            last_ts,
+            _KEY_ENC.encode(last_key),
+            ordered,
+            exchange,
+            symbol,
+            sid,
+        )
+        with conn.cursor() as cur:
+            if len(rows) >= COPY_MIN_ROWS:
+                with cur.copy(_COPY) as copy:
+                    copy.set_types(_COPY_TYPES)
+                    write_rows(copy, rows)
+                cur.execute(_MOVE, tail)
+            else:
+                cur.execute(
+                    _INSERT_ARRAYS, (*(list(col) for col in zip(*rows, strict=True)), *tail)
+                )
+            moved = cur.fetchone()
+        if moved is None or moved[0] != len(rows):
+            raise _Retry  # an id is stored already: roll back, probe, try again
+        return seqs
+
+    # -- read ------------------------------------------------------------------------
+
+    def read(
+        self,
+        stream: str,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        from_ts: int | None = None,
+        to_ts: int | None = None,
+    ) -> Iterator[JournalRecord]:
+        writer = self._reading()
+        where = ["s.name = %s", "e.seq >= %s"]
+        params: list[object] = [stream, from_seq]
+        if to_seq is not None:
+            where.append("e.seq <= %s")
+            params.append(to_seq)
+        if from_ts is not None:
+            where.append("e.ts_recv >= %s")
+            params.append(from_ts)
+        if to_ts is not None:
+            where.append("e.ts_recv <= %s")
+            params.append(to_ts)
+        query = (
+            f"SELECT {_READ_COLUMNS} FROM events e JOIN streams s ON s.sid = e.sid "
+            f"{_PREV_JOIN} WHERE {' AND '.join(where)} ORDER BY e.seq"
+        )
+        return self._records(writer, query, params)
+
+    def _range_where(
+        self,
+        start_ns: int | None,
+        end_ns: int | None,
+        exchanges: Sequence[str] | None,
+        symbols: Sequence[str] | None,
+    ) -> tuple[str, list[object]] | None:
+        """The WHERE clause of a range read, or ``None`` if nothing can match."""
+        where = ["e.market"]
+        params: list[object] = []
+        if start_ns is not None:
+            where.append("e.ts_recv >= %s")
+            params.append(start_ns)
+        if end_ns is not None:
+            where.append("e.ts_recv < %s")
+            params.append(end_ns)
+        for col, values in (("exchange", exchanges), ("symbol", symbols)):
+            if values is not None:
+                vals = list(values)
+                if not vals:
+                    return None
+                # Rows of no instrument (operator Halt/Resume in md.CONTROL) always pass.
+                where.append(f"(e.{col} = ANY(%s) OR e.{col} = '')")
+                params.append(vals)
+        return " AND ".join(where), params
+
+    def read_range(
+        self,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        exchanges: Sequence[str] | None = None,
+        symbols: Sequence[str] | None = None,
+    ) -> Iterator[JournalRecord]:
+        writer = self._reading()
+        found = self._range_where(start_ns, end_ns, exchanges, symbols)
+        if found is None:
+            return iter(())
+        where, params = found
+        query = f"SELECT {_READ_COLUMNS} FROM events e {_PREV_JOIN} WHERE {where} {_ORDER}"
+        return self._records(writer, query, params)
+
+    def iter_payloads(
+        self,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        exchanges: Sequence[str] | None = None,
+        symbols: Sequence[str] | None = None,
+    ) -> Iterator[bytes]:
+        """Payloads in canonical order, without building records (the replay hot path)."""
+        blocks = self.iter_payload_blocks(start_ns, end_ns, exchanges, symbols)
+        return (payload for block in blocks for (payload,) in block)
+
+    def iter_payload_blocks(
+        self,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        exchanges: Sequence[str] | None = None,
+        symbols: Sequence[str] | None = None,
+    ) -> Iterator[Sequence[tuple[bytes]]]:
+        writer = self._reading()
+        found = self._range_where(start_ns, end_ns, exchanges, symbols)
+        if found is None:
+            return iter(())
+        where, params = found
+        query = f"SELECT e.payload FROM events e WHERE {where} {_ORDER}"
+        return self._blocks(writer, query, params)
+
+    def _blocks(
+        self, writer: bool, query: str, params: Sequence[object]
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows of ``query`` in blocks, from one snapshot taken at the first block."""
+        with self._snapshot(writer) as conn:
+            if writer:
+                rows = conn.execute(query, params, binary=True).fetchall()
+                for i in range(0, len(rows), _FETCH):
+                    yield rows[i : i + _FETCH]
+                return
+            with conn.cursor(name="tickerml_read", binary=True) as cur:
+                cur.execute(query, params)
+                while rows := cur.fetchmany(_FETCH):
+                    yield rows
+
+    def _records(
+        self, writer: bool, query: str, params: Sequence[object]
+    ) -> Iterator[JournalRecord]:
+        """Rows of ``query`` (``_READ_COLUMNS``) as records, from one snapshot."""
+        with self._snapshot(writer) as conn:
+            names: dict[int, str] = dict(conn.execute("SELECT sid, name FROM streams").fetchall())
+            rows: Iterator[list[tuple[Any, ...]]]
+            if writer:
+                rows = iter([conn.execute(query, params, binary=True).fetchall()])
+                yield from _to_records(rows, names)
+                return
+            with conn.cursor(name="tickerml_read", binary=True) as cur:
+                cur.execute(query, params)
+                yield from _to_records(iter(lambda: cur.fetchmany(_FETCH), []), names)
+
+    # -- read models -------------------------------------------------------------------
+
+    def _model_columns(
+        self, conn: psycopg.Connection[Any], table: str
+    ) -> tuple[ReadModelColumn, ...] | None:
+        """The declared columns of read model ``table``; None if it does not exist."""
+        row = conn.execute("SELECT columns FROM read_models WHERE name = %s", (table,)).fetchone()
+        return None if row is None else _COLUMNS_CODEC[1].decode(row[0])
+
+    @contextlib.contextmanager
+    def _write_block(self, what: str) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction (a savepoint inside transaction()) around a read-model write."""
+        conn = self._writer()
+        try:
+            with conn.transaction():
+                yield conn
+        except psycopg.Error as exc:
+            raise JournalError(f"{what} failed (nothing changed): {str(exc).strip()}") from exc
+
+    def write_read_model(
+        self,
+        table: str,
+        session_id: str,
+        columns: Sequence[ReadModelColumn],
+        rows: Iterable[Sequence[ReadModelValue]],
+    ) -> int:
+        cols = tuple(columns)
+        check_read_model(table, cols)
+        checked = check_read_model_rows(table, cols, rows)
+        name = sql.Identifier(table)
+        with self._write_block(f"write read model {table}") as conn:
+            stored = self._model_columns(conn, table)
+            if stored is None:
+                if conn.execute(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s",
+                    (self.schema, table),
+                ).fetchone():
+                    raise JournalError(
+                        f"PostgreSQL schema {self.schema}: {table!r} exists and is not a read model"
+                    )
+                decl = sql.SQL("").join(
+                    sql.SQL(", {} {}").format(sql.Identifier(c.name), sql.SQL(_SQL_TYPES[c.type]))
+                    for c in cols
+                )
+                conn.execute(
+                    sql.SQL(
+                        'CREATE TABLE {} (session_id TEXT COLLATE "C" NOT NULL, '
+                        "row_no BIGINT NOT NULL{}, PRIMARY KEY (session_id, row_no))"
+                    ).format(name, decl)
+                )
+                conn.execute(
+                    "INSERT INTO read_models (name, columns) VALUES (%s, %s)",
+                    (table, _COLUMNS_CODEC[0].encode(cols).decode()),
+                )
+            elif stored != cols:
+                raise JournalError(read_model_mismatch(table, stored, cols))
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE session_id = %s").format(name), (session_id,)
+            )
+            if checked:
+                names = sql.SQL(", ").join(
+                    sql.Identifier(n) for n in ("session_id", "row_no", *(c.name for c in cols))
+                )
+                types = ["text", "int8", *(_COPY_MODEL_TYPES[c.type] for c in cols)]
+                with (
+                    conn.cursor() as cur,
+                    cur.copy(
+                        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(name, names)
+                    ) as copy,
+                ):
+                    copy.set_types(types)
+                    for n, row in enumerate(checked):
+                        copy.write_row((session_id, n, *row))
+        return len(checked)
+
+    def read_read_model(self, table: str, session_id: str | None = None) -> ReadModelRows:
+        writer = self._reading()
+        check_read_model(table, ())
+        with self._snapshot(writer) as conn:
+            cols = self._model_columns(conn, table)
+            if cols is None:
+                return ReadModelRows(table=table, columns=(), rows=[])
+            names = ("session_id", *(c.name for c in cols))
+            query = sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(sql.Identifier(n) for n in names), sql.Identifier(table)
+            )
+            params: tuple[str, ...] = ()
+            if session_id is not None:
+                query += sql.SQL(" WHERE session_id = %s")
+                params = (session_id,)
+            rows = conn.execute(query + sql.SQL(" ORDER BY session_id, row_no"), params).fetchall()
+        return ReadModelRows(table=table, columns=names, rows=rows)
+
+    def drop_read_model(self, table: str) -> None:
+        check_read_model(table, ())
+        with self._write_block(f"drop read model {table}") as conn:
+            if self._model_columns(conn, table) is not None:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+                conn.execute("DELETE FROM read_models WHERE name = %s", (table,))
+
+    # -- verify / inspect ------------------------------------------------------------
+
+    def verify(self, stream: str) -> VerifyReport:
+        writer = self._reading()
+        with self._snapshot(writer) as conn:
+            tail = conn.execute(
+                "SELECT sid, last_seq, last_hash FROM streams WHERE name = %s", (stream,)
+            ).fetchone()
+            if tail is None:
+                return VerifyReport(stream=stream, ok=True, rows=0)
+            sid, last_seq, last_hash = tail
+            query = (
+                "SELECT seq, event_id, ts_event, ts_recv, priority, kind, exchange, symbol, "
+                "src_seq, payload, hash FROM events WHERE sid = %s ORDER BY seq"
+            )
+            if writer:
+                cur = conn.cursor(binary=True)
+            else:
+                cur = conn.cursor(name="tickerml_verify", binary=True)
+            with cur:
+                cur.execute(query, (sid,))
+                prev = GENESIS_HASH
+                n = 0
+                bad: tuple[int, str] | None = None
+                for r in (r for block in iter(lambda: cur.fetchmany(_FETCH), []) for r in block):
+                    n += 1
+                    rec = _record(stream, r[:10], prev, r[10])
+                    bad = check_row(n, prev, rec)
+                    if bad is not None:
+                        break
+                    prev = rec.hash
+                if bad is None and (n != last_seq or prev != last_hash):
+                    # The stream's recorded tail catches rows removed from the end.
+                    bad = (
+                        n + 1 if n < last_seq else n,
+                        f"stream tail is seq {n} but the journal recorded seq {last_seq} "
+                        "(rows missing at the end, or the tail hash was altered)",
+                    )
+                if bad is None:
+                    return VerifyReport(stream=stream, ok=True, rows=n)
+            count = conn.execute("SELECT count(*) FROM events WHERE sid = %s", (sid,)).fetchone()
+            return VerifyReport(
+                stream=stream,
+                ok=False,
+                rows=0 if count is None else count[0],
+                first_bad_seq=bad[0],
+                reason=bad[1],
+            )
+
+    def streams(self) -> list[StreamInfo]:
+        writer = self._reading()
+        with self._snapshot(writer) as conn:
+            rows = conn.execute(
+                "SELECT name, last_seq, first_ts, last_ts FROM streams WHERE last_seq > 0 "
+                "ORDER BY name"
+            ).fetchall()
+        return [
+            StreamInfo(stream=s, count=last, first_ts=lo, last_ts=hi, last_seq=last)
+            for s, last, lo, hi in rows
+        ]
+
+    def close(self) -> None:
+        """Close every connection (rolling back an open transaction()); idempotent.
+        Later calls raise :class:`JournalError`."""
+        self._txn_depth = 0
+        conn, self._conn = self._conn, None
+        readers, self._readers, self._idle = self._readers, set(), []
+        for c in [*readers, *([conn] if conn is not None else [])]:
+            with contextlib.suppress(psycopg.Error):
+                c.close()
+
+
+def write_rows(copy: psycopg.Copy, rows: Sequence[tuple[object, ...]]) -> None:
+    """Hand the staged rows to COPY (a function of its own so tests can fail mid-way)."""
+    write = copy.write_row
+    for row in rows:
+        write(row)
+
+
+def _to_records(
+    blocks: Iterator[list[tuple[Any, ...]]], names: dict[int, str]
+) -> Iterator[JournalRecord]:
+    for rows in blocks:
+        for row in rows:
+            prev = row[11]
+            yield _record(names[row[0]], row[1:11], GENESIS_HASH if prev is None else prev, row[12])
+
+
+def _record(stream: str, fields: Sequence[Any], prev_hash: bytes, h: bytes) -> JournalRecord:
+    """A record from ``(seq, event_id, ts_event, ts_recv, priority, kind, exchange, symbol,
+    src_seq, payload)`` and the two hashes."""
+    seq, eid, ts_event, ts_recv, prio, kind, exchange, symbol, src_seq, payload = fields
+    return JournalRecord(
+        stream,
+        seq,
+        eid,
+        ts_event,
+        ts_recv,
+        prio,
+        kind,
+        exchange,
+        symbol,
+        src_seq,
+        payload,
+        prev_hash,
+        h,
+    )
