@@ -385,6 +385,35 @@ def cmd_halt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from journal_tools.migrate import MigrationError, migrate
+
+    if args.source == args.target:
+        raise UsageError("--from and --to are the same journal")
+    source = open_journal(args.source)
+    try:
+        target = open_journal(args.target)
+    except JournalError:
+        source.close()
+        raise
+    try:
+        report = migrate(source, target, dry_run=args.dry_run)
+    except MigrationError as exc:
+        console.print(f"[red]migration failed, target unchanged:[/] {exc}")
+        return 1
+    finally:
+        source.close()
+        target.close()
+    if args.json:
+        out.print_json(data=msgspec.to_builtins(report))
+    else:
+        verb = "would move" if report.dry_run else "moved and verified"
+        out.print(f"{verb}: {report.rows:,} rows in {len(report.streams)} streams")
+        for st in report.streams:
+            out.print(f"  {st.stream}: {st.rows:,} rows, last hash {st.last_hash[:16]}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from journal_tools.demo import run_demo
 
@@ -473,6 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--journal", help="journal DSN")
     sp.add_argument("--format", choices=["table", "json"], default="table")
     sp.add_argument("--limit", type=int, default=50, help="at most this many decisions")
+
+    sp = add(
+        "migrate",
+        cmd_migrate,
+        "move a journal to another backend (e.g. SQLite -> PostgreSQL), verified, all or nothing",
+    )
+    sp.add_argument("--from", dest="source", required=True, help="source journal DSN")
+    sp.add_argument("--to", dest="target", required=True, help="target journal DSN")
+    sp.add_argument("--dry-run", action="store_true", help="check the source, write nothing")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
 
     for name, what in (
         ("halt", "kill switch: cancel every order, flatten, refuse new orders until resume"),
