@@ -364,9 +364,17 @@ def write_session(journal: Journal, sid: str, events: list[Event] | None = None)
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Journal]:
-    j: Journal = MemoryJournal() if request.param == "memory" else SqliteJournal(tmp_path / "j.db")
+    j: Journal
+    if request.param == "postgres":
+        from adapters.journal.postgres import PostgresJournal
+
+        j = PostgresJournal(
+            request.getfixturevalue("pg_dsn"), schema=request.getfixturevalue("pg_schema")
+        )
+    else:
+        j = MemoryJournal() if request.param == "memory" else SqliteJournal(tmp_path / "j.db")
     yield j
     j.close()
 
