@@ -32,7 +32,19 @@ from adapters.config_loader import ConfigError, load_config
 from adapters.journal import open_journal
 from adapters.journal.base import Journal, JournalError, session_stream
 from kernel.config import AppConfig, StrategyConfig
-from kernel.events import Decision, SessionEnded, SessionStarted, decode, to_builtins
+from kernel.events import (
+    Decision,
+    Fill,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    OrderSubmitted,
+    SessionEnded,
+    SessionStarted,
+    decode,
+    kind_of,
+    to_builtins,
+)
 from kernel.instruments import InstrumentRegistry
 
 console = Console(stderr=True)
@@ -299,6 +311,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         rows = []
         header: SessionStarted | None = None
         ended: SessionEnded | None = None
+        # what each decision caused: its orders, and their fills and final states
+        orders_of: dict[str, list[str]] = {}
+        order_info: dict[str, dict[str, Any]] = {}
         for rec in journal.read(stream):
             ev = decode(rec.payload)
             if isinstance(ev, SessionStarted):
@@ -307,6 +322,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 ended = ev
             elif isinstance(ev, Decision):
                 rows.append((rec.seq, ev))
+            elif isinstance(ev, OrderSubmitted):
+                orders_of.setdefault(ev.decision_id, []).append(ev.order_id)
+                order_info[ev.order_id] = {
+                    "order_id": ev.order_id,
+                    "side": ev.side,
+                    "type": ev.order_type,
+                    "size": ev.size,
+                    "price": ev.price,
+                    "state": "submitted",
+                    "filled": 0,
+                    "fees": 0,
+                    "fills": 0,
+                }
+            else:
+                oid = getattr(ev, "order_id", None)
+                info = order_info.get(oid) if isinstance(oid, str) else None
+                if info is not None:
+                    if isinstance(ev, Fill):
+                        info["filled"] += ev.size
+                        info["fees"] += ev.fee
+                        info["fills"] += 1
+                        info["state"] = "filled" if info["filled"] >= info["size"] else "partial"
+                    elif isinstance(ev, OrderRejected):
+                        info["state"] = f"rejected: {ev.reason}"
+                    elif isinstance(ev, OrderCancelled | OrderExpired):
+                        info["state"] = kind_of(ev).removeprefix("Order").lower()
         if header is None:
             raise UsageError(f"no session {args.session!r} in the journal")
     if args.format == "json":
@@ -314,7 +355,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "session": to_builtins(header),
             "ended": to_builtins(ended) if ended else None,
             "hash_chain_ok": chain.ok,
-            "decisions": [dict(to_builtins(d), seq=seq) for seq, d in rows[: args.limit]],
+            "decisions": [
+                dict(
+                    to_builtins(d),
+                    seq=seq,
+                    orders=[order_info[o] for o in orders_of.get(d.decision_id, [])],
+                )
+                for seq, d in rows[: args.limit]
+            ],
         }
         out.print_json(data=doc)
         return 0 if chain.ok else 1
@@ -327,9 +375,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         + (f"; state hash {ended.state_hash[:16]}" if ended else "; [yellow]not ended[/]")
     )
     table = Table(title=f"{len(rows)} decisions")
-    for col in ("seq", "time", "decision", "instrument", "action", "conf", "reasoning"):
+    for col in ("seq", "time", "decision", "instrument", "action", "conf", "reasoning", "orders"):
         table.add_column(col, overflow="fold")
     for seq, d in rows[: args.limit]:
+        caused = [order_info[o] for o in orders_of.get(d.decision_id, [])]
         table.add_row(
             str(seq),
             fmt_ns(d.ts_event),
@@ -338,6 +387,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             d.action,
             f"{d.confidence:.2f}",
             d.reasoning,
+            "; ".join(f"{o['order_id']} {o['side']} {o['state']}" for o in caused),
         )
     out.print(table)
     return 0 if chain.ok else 1

@@ -67,6 +67,14 @@ def test_market_maker_session_trades_and_verifies(
     capsys.readouterr()
     assert main(["replay", "--journal", dsn, "--session", str(a["session_id"]), "--verify"]) == 0
     assert "verified" in capsys.readouterr().out
+    # the audit links each decision to the orders it caused and what became of them
+    args = ["audit", "--journal", dsn, "--session", str(a["session_id"]), "--format", "json"]
+    assert main([*args, "--limit", "100000"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    orders = [o for d in doc["decisions"] for o in d["orders"]]
+    assert orders
+    assert sum(o["fills"] for o in orders) == a["fills"]
+    assert {o["state"] for o in orders} >= {"filled", "cancelled"}
 
 
 def test_scenario_prints_json_lines(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
