@@ -56,7 +56,7 @@ from kernel.events import (
     encode,
 )
 from kernel.execution import Venue, VenueState
-from kernel.fixedpoint import MONEY_DECIMALS, parse_fixed
+from kernel.fixedpoint import MONEY_DECIMALS, POW10, parse_fixed
 from kernel.instruments import Instrument, InstrumentError, InstrumentRegistry
 from kernel.portfolio import Portfolio, PortfolioState, funding_amount
 from kernel.risk import RiskManager, RiskState
@@ -183,6 +183,8 @@ class Engine:
         )
         self._held_mids: dict[str, int] = {}  # held instrument -> mid_x2 last valued at
         self._held_values: dict[str, int] = {}  # held instrument -> signed value (MONEY)
+        self._bands: dict[str, tuple[int, int]] = {}  # held instrument -> quiet mid_x2 range
+        self._use_bands = True  # tests switch it off to compare with evaluating every move
         self._risk_floor = 0  # equity at or below which the first breaker may trip
         self._position_cap_pct = (
             risk.max_position_pct * (1 + risk.rebalance_tolerance_pct / 100)
@@ -581,31 +583,61 @@ class Engine:
             )
         return chk.size, ""
 
-    def _held_moved(self, key: str) -> None:
-        """The mark of a held instrument moved: revalue it and look at the drawdown only
-        when equity left the band in which nothing can change (the first breaker below,
-        or a breaker or re-entry in force); a new peak in normal state only moves the
-        peak."""
+    def _mid_moved(self, key: str, m2: int) -> None:
+        """The mid (x2) of a held instrument moved. Inside its band nothing can change
+        (see :meth:`_rebuild_bands`); outside it, re-evaluate everything."""
+        self._held_mids[key] = m2
+        mark = self.marks.get(key)
+        if mark is not None and mark[0] > 0:
+            return  # valued at its mark price: MarkPrice events move it, not the mid
+        band = self._bands.get(key)
+        if band is None or not band[0] < m2 < band[1]:
+            self._risk_update()
+
+    def _rebuild_bands(self) -> None:
+        """For each held instrument valued at its mid, the range of mid (x2) within which
+        no drawdown breaker, new peak or position limit can be reached: the slack of
+        equity to the breaker floor below and to the peak above, and the position cap,
+        split evenly among the held instruments (so that all of them moving inside
+        their bands together still cannot cross), with a safety margin. Only in the
+        normal state; otherwise every move is evaluated."""
+        bands = self._bands
+        bands.clear()
         risk = self.risk
-        assert risk is not None
-        pos = self.portfolio.positions[key]
-        mark = self._mark(key)
-        if mark is None:
+        if risk is None or risk.st.level != "normal" or self.halted or not self._use_bands:
             return
-        v = self.instruments.by_key(key).notional(mark, abs(pos.qty))
-        values = self._held_values
-        values[key] = v if pos.qty > 0 else -v
-        equity = self.portfolio.cash + sum(values.values())
+        keys = [k for k in self._held_mids if k in self._held_values and k not in self.marks]
+        if not keys:
+            return
         st = risk.st
-        if st.level != "normal" or equity <= self._risk_floor:
-            self._risk_update()
+        equity = self.portfolio.cash + sum(self._held_values.values())
+        n = len(self._held_values)
+        down = (equity - self._risk_floor) / n
+        up = (st.peak - equity) / n
+        cap = self._position_cap_pct / 100 * self._risk_floor
+        if down <= 0 or up < 0:
             return
-        if equity > st.peak:  # a new high: no breaker can trip, only the floor moves
-            st.peak = st.equity = equity
-            st.drawdown = 0.0
-            self._risk_floor = int(equity * (100 - risk.cfg.drawdown_half_size_pct) // 100)
-        if v * 100 > equity * self._position_cap_pct and key not in st.rebalancing:
-            self._risk_update()
+        for key in keys:
+            if key in st.rebalancing:
+                continue
+            inst = self.instruments.by_key(key)
+            qty = self.portfolio.qty(key)
+            if not qty:
+                continue
+            per_m2 = (
+                abs(qty)
+                * POW10[MONEY_DECIMALS]
+                / POW10[inst.price_decimals + inst.size_decimals]
+                / 2
+            )
+            v0 = self._held_values[key]
+            lo_v, hi_v = max(v0 - down, -cap), min(v0 + up, cap)
+            if qty > 0:
+                lo, hi = lo_v / per_m2, hi_v / per_m2
+            else:
+                lo, hi = -hi_v / per_m2, -lo_v / per_m2
+            margin = 2 + abs(hi) * 1e-9
+            bands[key] = (int(lo + margin) + 1, int(hi - margin) - 1)
 
     def _risk_update(self) -> None:
         """Re-evaluate drawdown and position limits after equity changed."""
@@ -632,6 +664,7 @@ class Engine:
                 )
                 oid = self._kernel_order(inst, "sell" if qty > 0 else "buy", abs(qty), why)
                 risk.st.rebalancing[key] = oid
+        self._rebuild_bands()
 
     def _revalue_held(self) -> None:
         """Every held position's signed value at its mark (cost basis if unmarked)."""
@@ -756,9 +789,14 @@ class Engine:
         held = self._held_mids
         if held and key in held:
             bk, ak = book.bids.keys, book.asks.keys
-            if bk and ak and bk[-1] - ak[-1] != held[key]:  # the mid (x2) moved
-                held[key] = bk[-1] - ak[-1]
-                self._held_moved(key)
+            if bk and ak:
+                m2 = bk[-1] - ak[-1]
+                if m2 != held[key]:  # the mid (x2) moved
+                    band = self._bands.get(key)
+                    if band is not None and band[0] < m2 < band[1]:
+                        held[key] = m2  # inside its quiet band: nothing can change
+                    else:
+                        self._mid_moved(key, m2)
         on_market = self._on_market
         if on_market is not None:
             on_market(self.ctx, ev)
@@ -781,8 +819,7 @@ class Engine:
         if key in self._held_mids:
             m2 = book.mid_x2()
             if m2 is not None and m2 != self._held_mids[key]:
-                self._held_mids[key] = m2
-                self._held_moved(key)
+                self._mid_moved(key, m2)
         if self._on_market is not None:
             self._on_market(self.ctx, ev)
 
@@ -810,7 +847,7 @@ class Engine:
         key = f"{ev.exchange}:{ev.symbol}"
         self.marks[key] = (ev.mark_price, ev.index_price)
         if key in self._held_mids:
-            self._held_moved(key)
+            self._risk_update()
         if self._on_market is not None:
             self._on_market(self.ctx, ev)
 
@@ -990,6 +1027,7 @@ class Engine:
         self._flattening = dict(st.flattening)
         if self.risk is not None:
             self._revalue_held()
+            self._bands.clear()  # every move re-evaluates until the next full update
             peak = self.risk.st.peak
             self._risk_floor = int(peak * (100 - self.risk.cfg.drawdown_half_size_pct) // 100)
         self.venue.halted = self.halted

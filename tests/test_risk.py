@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from journal_tools.scenario import parse_scenario, run_scenario
 from kernel.config import RiskLimitsConfig
@@ -314,3 +316,83 @@ def test_halt_during_a_replay_stops_orders_and_flattens(tmp_path: Any) -> None:
     assert flatten
     venue_after = [o for o in after if isinstance(o, OrderAccepted | Fill) and o.ts_event >= t_halt]
     assert {o.order_id for o in venue_after} == flatten
+
+
+@settings(max_examples=60, deadline=None)
+@example(moves=[(0, -45)] * 12 + [(1, 30)] * 5 + [(0, -45)] * 10, size_a=100, size_b=50)
+@given(
+    st.lists(st.tuples(st.sampled_from([0, 1]), st.integers(-45, 30)), min_size=5, max_size=80),
+    st.integers(50, 120),
+    st.integers(10, 60),
+)
+def test_quiet_bands_change_nothing(moves: list[tuple[int, int]], size_a: int, size_b: int) -> None:
+    """Equity bands skip re-evaluation only where nothing can happen: on random walks of
+    two held instruments the risk layer makes exactly the same events and orders as when
+    it re-evaluates on every mid move."""
+    from kernel.config import EngineConfig, LatencyProfile, RiskLimitsConfig
+    from kernel.engine import Engine
+    from kernel.events import BookSnapshot
+    from strategies.scripted import Action, ScriptedStrategy
+
+    insts = [
+        Instrument(
+            exchange="BINANCE",
+            symbol=f"{b}-USDT-PERP",
+            kind="perp",
+            base=b,
+            quote="USDT",
+            price_decimals=1,
+            size_decimals=0,
+        )
+        for b in ("BTC", "ETH")
+    ]
+    risk = RiskLimitsConfig(
+        max_position_pct=90,
+        max_asset_pct=90,
+        max_exchange_pct=100,
+        max_sector_pct=100,
+        reentry_calm_ms=50,
+    )
+    zero = {"BINANCE": LatencyProfile(model="constant", entry_mean_ms=0, response_mean_ms=0)}
+
+    def run(use_bands: bool) -> list[Any]:
+        actions = [
+            Action(
+                at_ns=2_500_000,  # after both books exist
+                op="submit",
+                order_id=f"o{i}",
+                exchange="BINANCE",
+                symbol=inst.symbol,
+                side="buy",
+                order_type="market",
+                size=size,
+            )
+            for i, (inst, size) in enumerate(zip(insts, (size_a, size_b), strict=True))
+        ]
+        eng = Engine(
+            EngineConfig(), insts, ScriptedStrategy(actions), seed=1, latency=zero, risk=risk
+        )
+        eng._use_bands = use_bands
+        mids = [1000, 1000]
+        outs: list[Any] = list(eng.start())
+        t = 0
+        for which, step in [(0, 0), (1, 0), *moves]:
+            t += 1_000_000
+            mids[which] = max(50, mids[which] + step)
+            outs += eng.apply(
+                BookSnapshot(
+                    ts_event=t,
+                    ts_recv=t,
+                    exchange="BINANCE",
+                    symbol=insts[which].symbol,
+                    seq=0,
+                    bids=((mids[which] - 1, 10_000),),
+                    asks=((mids[which] + 1, 10_000),),
+                )
+            )
+        return [o for o in outs if not isinstance(o, type(None))]
+
+    with_bands = run(True)
+    assert with_bands == run(False)
+    return_kinds = {type(o).__name__ for o in with_bands}
+    assert "Fill" in return_kinds
