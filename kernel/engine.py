@@ -617,9 +617,9 @@ class Engine:
         cap = self._position_cap_pct / 100 * self._risk_floor
         if down <= 0 or up < 0:
             return
+        if any(abs(v) > cap for v in self._held_values.values()) or st.rebalancing:
+            return  # a position near its cap: a fall in equity alone could cross it
         for key in keys:
-            if key in st.rebalancing:
-                continue
             inst = self.instruments.by_key(key)
             qty = self.portfolio.qty(key)
             if not qty:
