@@ -8,6 +8,7 @@ re-runs it over the same inputs and compares every output byte for byte.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import subprocess
@@ -264,7 +265,10 @@ def verify_session(journal: Journal, session_id: str) -> VerifyResult:
         config = msgspec.json.decode(first.config_json, type=AppConfig)
     except msgspec.ValidationError as exc:
         raise SessionError(f"session {session_id}: recorded config does not decode: {exc}") from exc
-    if config_hash(config) != first.config_hash:
+    # The hash is of the recorded text itself: a config field added later (decoded with
+    # its default) must not make old sessions unverifiable.
+    recorded = hashlib.blake2b(first.config_json.encode(), digest_size=32).hexdigest()
+    if recorded != first.config_hash:
         raise SessionError(f"session {session_id}: recorded config does not match its hash")
     engine = build_engine(
         config, build_strategy(config.trading.strategy), first.seed, first.session_id
