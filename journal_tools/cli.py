@@ -432,6 +432,28 @@ def cmd_halt(args: argparse.Namespace) -> int:
     out.print(
         f"{args.command} journaled: {CONTROL_STREAM} seq {seq} at {fmt_ns(ts)} UTC ({args.reason})"
     )
+    if not args.kafka:
+        return 0
+    # the live kernel listens on the Kafka topic `system`; the journal row above is the
+    # record, the message the signal
+    from adapters.kafka import EventProducer, KafkaBusError, topic_for
+
+    kafka = config.kafka
+    if args.bootstrap:
+        kafka = msgspec.structs.replace(kafka, bootstrap_servers=args.bootstrap)
+    try:
+        with EventProducer(kafka, delivery_timeout_ms=5_000) as producer:
+            producer.produce(event)
+            left = producer.flush(10)
+            failed = list(producer.failures)
+    except KafkaBusError as exc:
+        console.print(f"[red]journaled but not published to Kafka:[/] {exc}")
+        return 1
+    if left or failed:
+        why = failed[0].error if failed else f"{left} message(s) undelivered"
+        console.print(f"[red]journaled but not published to Kafka:[/] {why}")
+        return 1
+    out.print(f"published to Kafka topic {topic_for(event)} on {kafka.bootstrap_servers}")
     return 0
 
 
@@ -592,6 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--at", help="event time (ISO-8601 UTC or ns; default: now)")
         sp.add_argument("--source", default="operator", help="who (default operator)")
         sp.add_argument("--journal", help="journal DSN")
+        sp.add_argument(
+            "--kafka", action="store_true", help="also publish it on the Kafka topic system"
+        )
+        sp.add_argument("--bootstrap", help="Kafka bootstrap servers (default: config)")
 
     sp = add(
         "scenario",

@@ -531,3 +531,48 @@ def test_replay_from_time(kafka_broker: KafkaBroker, kafka_config: KafkaConfig) 
     finally:
         consumer.close()
     assert sorted(c.event.seq for c in got if isinstance(c.event, Trade)) == [3, 4, 5]
+
+
+def test_halt_cli_journals_and_publishes_on_the_system_topic(
+    kafka_config: KafkaConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tickerml halt --kafka`: the Halt is journaled in md.CONTROL (the record) and
+    published on the topic `system` (the signal the live kernel listens to)."""
+    (tmp_path / "kafka.yaml").write_text(f"topic_prefix: {kafka_config.topic_prefix}\n")
+    db = tmp_path / "j.db"
+    args = [
+        "--config-dir",
+        str(tmp_path),
+        "halt",
+        "--reason",
+        "exchange incident",
+        "--at",
+        "2025-01-01T00:01:00",
+        "--journal",
+        f"sqlite:///{db}",
+        "--kafka",
+        "--bootstrap",
+        kafka_config.bootstrap_servers,
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "halt journaled: md.CONTROL seq 1" in printed
+    assert "published to Kafka topic system" in printed
+    consumer = EventConsumer(kafka_config, group(), ["system"], assign=True)
+    try:
+        got = drain(consumer, 1)
+    finally:
+        consumer.close()
+    assert [(type(c.event).__name__, c.event.reason) for c in got] == [  # type: ignore[attr-defined]
+        ("Halt", "exchange incident")
+    ]
+    with SqliteJournal(db) as journal:
+        (rec,) = journal.read(CONTROL_STREAM)
+        assert rec.payload == encode(got[0].event)
+    # no broker: journaled all the same, and the failure is said (exit 1)
+    bad = [*args[:-1], "127.0.0.1:1"]
+    bad[bad.index("halt") + 2] = "second drill"
+    assert main(bad) == 1
+    assert "journaled but not published to Kafka" in " ".join(capsys.readouterr().err.split())
+    with SqliteJournal(db) as journal:
+        assert len(list(journal.read(CONTROL_STREAM))) == 2
