@@ -82,7 +82,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from adapters.journal.base import CONTROL_STREAM, Journal, market_stream
+from adapters.journal.base import CONTROL_STREAM, NEWS_STREAM, Journal, market_stream
 from kernel.config import KafkaConfig
 from kernel.events import (
     AnyEvent,
@@ -718,12 +718,16 @@ class EventConsumer:
 
 
 def default_stream(event: Event) -> str | None:
-    """Market events to ``md.EXCHANGE.SYMBOL``, Halt/Resume to ``md.CONTROL``; anything
-    else is not journaled by a bus consumer (``None``: skipped and counted)."""
+    """Market events to ``md.EXCHANGE.SYMBOL``, News to ``md.NEWS``, Halt/Resume to
+    ``md.CONTROL`` (the inputs a replay folds); anything else is the kernel's own output
+    and is not journaled by a bus consumer (``None``: skipped and counted)."""
     if isinstance(event, MarketEvent):
         return market_stream(event.exchange, event.symbol)
-    if kind_of(event) in ("Halt", "Resume"):
+    kind = kind_of(event)
+    if kind in ("Halt", "Resume"):
         return CONTROL_STREAM
+    if kind == "News":
+        return NEWS_STREAM
     return None
 
 

@@ -576,3 +576,16 @@ def test_halt_cli_journals_and_publishes_on_the_system_topic(
     assert "journaled but not published to Kafka" in " ".join(capsys.readouterr().err.split())
     with SqliteJournal(db) as journal:
         assert len(list(journal.read(CONTROL_STREAM))) == 2
+
+
+def test_default_streams_are_the_inputs_a_replay_folds() -> None:
+    from adapters.journal.base import NEWS_STREAM
+    from adapters.kafka import default_stream
+
+    trade = several_kinds()[0]
+    assert default_stream(trade) == market_stream(trade.exchange, trade.symbol)  # type: ignore[attr-defined]
+    news = News(ts_event=1, ts_recv=2, source="feed", headline="BTC ETF approved")
+    assert default_stream(news) == NEWS_STREAM == "md.NEWS"
+    assert default_stream(Halt(ts_event=1, ts_recv=1, reason="x")) == CONTROL_STREAM
+    decision = next(e for e in several_kinds() if isinstance(e, Decision))
+    assert default_stream(decision) is None  # the kernel's own output

@@ -59,6 +59,9 @@ def session_stream(session_id: str) -> str:
     return f"session.{session_id}"
 
 
+NEWS_STREAM = "md.NEWS"
+"""Headlines (``News``): inputs like market data, of no single instrument."""
+
 CONTROL_STREAM = "md.CONTROL"
 """Operator inputs (``Halt``, ``Resume``) that every replay folds in time order with the
 market data: they belong to no instrument, so range reads include them whatever the
