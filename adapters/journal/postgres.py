@@ -20,12 +20,14 @@ Schema (version 1, in schema ``tickerml`` unless told otherwise)
 Appends and concurrency
     An append locks its stream's row (``SELECT ... FOR UPDATE``), so writers to one
     stream queue up and seqs stay gap-free. Seqs and hashes are computed here for the
-    events not stored yet, COPYed (binary) into a temporary staging table and moved with
-    ``INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING``, which also moves the
-    stream's tail (batches under :data:`COPY_MIN_ROWS` rows are inserted from arrays in
-    one statement instead). The first try does not look for stored ids (the common
-    case: none); if the insert count falls short (a repeat, or another writer stored one of the ids
-    meanwhile), the try is rolled back and repeated after probing for stored ids.
+    events not stored yet. The first try does not look for stored ids (the common case:
+    none) and COPYs (binary) straight into ``events``; the UNIQUE index on event_id
+    refuses the whole COPY if an id is stored already. The retry (after rolling back)
+    probes for stored ids and COPYs the new rows into a temporary staging table, moved
+    with ``INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`` in the statement
+    that also moves the stream's tail; if that insert count falls short (another writer
+    stored one of the ids meanwhile) it is rolled back and tried again. Batches under
+    :data:`COPY_MIN_ROWS` rows are inserted from arrays in one statement instead.
 Read models
     Tables of their own name in the same schema (``session_id``, ``row_no`` and the
     declared columns as BIGINT, DOUBLE PRECISION, TEXT), listed in ``read_models`` with
@@ -134,6 +136,13 @@ _STAGING_DDL = (
     "market BOOLEAN, payload BYTEA, hash BYTEA) ON COMMIT DELETE ROWS"
 )
 _COPY = f"COPY {_STAGING} ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+# First try of a batch: straight into events (no id is expected to be stored; the
+# UNIQUE index refuses the whole COPY if one is, and the retry goes through staging).
+_COPY_DIRECT = f"COPY events ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_UPDATE_TAIL = (
+    "UPDATE streams SET last_seq = %s, last_hash = %s, first_ts = %s, last_ts = %s, "
+    "last_key = %s, ordered = %s, exchange = %s, symbol = %s WHERE sid = %s"
+)
 _TAIL = (
     "upd AS (UPDATE streams SET last_seq = %s, last_hash = %s, first_ts = %s, "
     "last_ts = %s, last_key = %s, ordered = %s, exchange = %s, symbol = %s "
@@ -549,6 +558,15 @@ class PostgresJournal(Journal):
             sid,
         )
         with conn.cursor() as cur:
+            if not probe and len(rows) >= COPY_MIN_ROWS:
+                try:
+                    with cur.copy(_COPY_DIRECT) as copy:
+                        copy.set_types(_COPY_TYPES)
+                        write_rows(copy, rows)
+                except psycopg.errors.UniqueViolation:
+                    raise _Retry from None  # an id is stored: roll back, probe, stage
+                cur.execute(_UPDATE_TAIL, tail)
+                return seqs
             if len(rows) >= COPY_MIN_ROWS:
                 with cur.copy(_COPY) as copy:
                     copy.set_types(_COPY_TYPES)
