@@ -48,6 +48,7 @@ import msgspec
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.string import BytesBinaryDumper
 
 from adapters.journal.base import (
     GENESIS_HASH,
@@ -310,6 +311,9 @@ class PostgresJournal(Journal):
             ) from exc
         conn.execute(self._search_path)
         conn.autocommit = autocommit
+        # bytea through the plain bytes dumper (C when psycopg_binary is there), not the
+        # DB-API wrapper-aware one registered for the oid by default: COPY is twice as fast
+        conn.adapters.register_dumper(bytes, BytesBinaryDumper)
         return conn
 
     def _init_schema(self, conn: psycopg.Connection[Any]) -> None:
