@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from kernel.book import L2Book
-from kernel.events import Decision, Event, MarketEvent, OrderType, Side, TimeInForce, Trade
+from kernel.events import Event, MarketEvent, OrderType, Side, TimeInForce, Trade
 from kernel.instruments import Instrument
 from kernel.portfolio import Portfolio
 
@@ -85,27 +85,16 @@ class StrategyContext:
         eng = self._engine
         if not eng._spend():
             return ""
-        eng.decisions += 1
-        # Session-local ("d7"): the session stream makes it unique, and the kernel state
-        # (which holds it in orders) must not depend on the session's id.
-        decision_id = f"d{eng.decisions}"
-        now = eng.now
-        eng.emit(
-            Decision(
-                ts_event=now,
-                ts_recv=now,
-                decision_id=decision_id,
-                strategy=eng.strategy_name,
-                exchange=exchange,
-                symbol=symbol,
-                action=action,
-                reasoning=reasoning,
-                features=features,
-                model_id=model_id,
-                confidence=confidence,
-            )
+        return eng.record_decision(
+            exchange,
+            symbol,
+            action,
+            reasoning,
+            eng.strategy_name,
+            features=features,
+            confidence=confidence,
+            model_id=model_id,
         )
-        return decision_id
 
     def set_timer(self, at_ns: int, name: str) -> None:
         """Call ``on_timer(ctx, name)`` at kernel time ``at_ns`` (before any later input)."""
@@ -206,9 +195,3 @@ class StrategyContext:
     def position(self, exchange: str, symbol: str) -> int:
         """Signed position in size units."""
         return self._engine.portfolio.qty(f"{exchange}:{symbol}")
-
-
-def emit_all(ctx: StrategyContext, events: list[Event]) -> None:
-    """Emit ready-made kernel events (used by later layers such as execution)."""
-    for ev in events:
-        ctx._engine.emit(ev)

@@ -537,21 +537,59 @@ class Engine:
 
     # -- risk ------------------------------------------------------------------------
 
+    def record_decision(
+        self,
+        exchange: str,
+        symbol: str,
+        action: str,
+        reasoning: str,
+        strategy: str,
+        features: tuple[tuple[str, float], ...] = (),
+        confidence: float = 0.0,
+        model_id: str = "",
+    ) -> str:
+        """Journal a Decision (the strategy's, through the context, or the kernel's own
+        as ``risk``); returns its id. Ids are session-local (``d7``): the session stream
+        makes them unique, and the state (which holds them in orders) must not depend on
+        the session's id."""
+        self.decisions += 1
+        decision_id = f"d{self.decisions}"
+        now = self.now
+        self.emit(
+            Decision(
+                ts_event=now,
+                ts_recv=now,
+                decision_id=decision_id,
+                strategy=strategy,
+                exchange=exchange,
+                symbol=symbol,
+                action=action,
+                reasoning=reasoning,
+                features=features,
+                model_id=model_id,
+                confidence=confidence,
+            )
+        )
+        return decision_id
+
     def _positions(self) -> dict[str, int]:
         return {k: p.qty for k, p in self.portfolio.positions.items() if p.qty}
 
     def equity(self) -> int:
         """Cash plus every position marked to mid (mark price, else cost basis)."""
-        total = self.portfolio.cash
-        for key, pos in self.portfolio.positions.items():
-            if pos.qty:
-                mark = self._mark(key)
-                if mark is None:
-                    total += pos.cost
-                else:
-                    v = self.instruments.by_key(key).notional(mark, abs(pos.qty))
-                    total += v if pos.qty > 0 else -v
-        return total
+        return self.portfolio.cash + sum(
+            self._position_value(key, pos.qty, pos.cost)
+            for key, pos in self.portfolio.positions.items()
+            if pos.qty
+        )
+
+    def _position_value(self, key: str, qty: int, cost: int) -> int:
+        """A position's signed value at its mark, or its cost basis when unmarked."""
+        mark = self._mark(key)
+        if mark is None:
+            return cost
+        v = self.instruments.by_key(key).notional(mark, abs(qty))
+        return v if qty > 0 else -v
 
     def _risk_check(self, inst: Instrument, side: Side, size: int, price: int) -> tuple[int, str]:
         """Pre-trade risk: (approved size, refusal reason or ""); journals what it did."""
@@ -672,12 +710,7 @@ class Engine:
         values.clear()
         for key, pos in self.portfolio.positions.items():
             if pos.qty:
-                mark = self._mark(key)
-                if mark is None:
-                    values[key] = pos.cost
-                else:
-                    v = self.instruments.by_key(key).notional(mark, abs(pos.qty))
-                    values[key] = v if pos.qty > 0 else -v
+                values[key] = self._position_value(key, pos.qty, pos.cost)
 
     def _risk_events(self, events: list[Event], stage_at: int | None) -> None:
         assert self.risk is not None
@@ -690,22 +723,7 @@ class Engine:
 
     def _kernel_order(self, inst: Instrument, side: Side, size: int, why: str) -> str:
         """A reduce-only market order the kernel itself sends (flatten, rebalance)."""
-        now = self.now
-        self.decisions += 1
-        did = f"d{self.decisions}"
-        self.emit(
-            Decision(
-                ts_event=now,
-                ts_recv=now,
-                decision_id=did,
-                strategy="risk",
-                exchange=inst.exchange,
-                symbol=inst.symbol,
-                action=side,
-                reasoning=why,
-                confidence=1.0,
-            )
-        )
+        did = self.record_decision(inst.exchange, inst.symbol, side, why, "risk", confidence=1.0)
         return self.submit_order(
             inst.exchange,
             inst.symbol,

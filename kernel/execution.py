@@ -81,16 +81,6 @@ from kernel.fixedpoint import POW10, apply_rate_ppm, notional
 from kernel.instruments import Instrument, InstrumentError, InstrumentRegistry
 from kernel.portfolio import Portfolio
 
-ORDER_STATES = (
-    "submitted",
-    "accepted",
-    "partially_filled",
-    "filled",
-    "cancelled",
-    "rejected",
-    "expired",
-)
-TERMINAL_STATES = frozenset({"filled", "cancelled", "rejected", "expired"})
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     "submitted": frozenset({"accepted", "rejected"}),
     "accepted": frozenset({"partially_filled", "filled", "cancelled", "expired"}),
@@ -966,10 +956,9 @@ class Venue:
         self._gates[key] = (min(w.deadline for w in ws), lo, hi)
 
     def _check_watches(self, key: str, book: L2Book, t: int) -> None:
+        """Expire watches past their deadline and report adverse moves. The delta path
+        calls it only when the gate (:meth:`_watch_gate`) says something may change."""
         m2 = book.mid_x2()
-        gate = self._gates.get(key)
-        if gate is not None and t <= gate[0] and (m2 is None or gate[1] < m2 < gate[2]):
-            return  # no deadline passed and the mid is inside every watch's band
         keep = []
         limit = self.cfg.toxic_adverse_bp
         for w in self.watches[key]:
@@ -1076,9 +1065,6 @@ class Venue:
             and key not in self.watches
         ):
             self.active.discard(key)
-
-    def open_orders(self) -> list[SimOrder]:
-        return [self.orders[k] for k in sorted(self.orders)]
 
     # -- state -----------------------------------------------------------------------
 

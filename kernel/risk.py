@@ -50,7 +50,7 @@ from kernel.events import Event, Halt, RiskEvent
 from kernel.fixedpoint import MONEY_SCALE, POW10
 from kernel.instruments import Instrument, InstrumentRegistry
 
-LEVELS = ("normal", "reentry", "half_size", "reduce_only", "halted")
+# The risk states by severity (re-entry counts as normal for a new breach).
 _SEVERITY = {"normal": 0, "reentry": 0, "half_size": 1, "reduce_only": 2, "halted": 3}
 MIN_CORRELATION_SAMPLES = 10
 

@@ -18,7 +18,7 @@ import msgspec
 
 from kernel.config import ParamValue
 from kernel.context import StrategyContext
-from kernel.events import BookDelta, BookSnapshot, Event, MarketEvent, Side
+from kernel.events import BookDelta, BookSnapshot, MarketEvent, Side
 from strategies.base import BaseStrategy
 
 
@@ -144,9 +144,6 @@ class MarketMakerStrategy(BaseStrategy):
             if oid:
                 keep.append(oid)
         st.quotes[key] = keep
-
-    def on_order(self, ctx: StrategyContext, event: Event) -> None:
-        return None
 
     def snapshot_state(self) -> bytes:
         return msgspec.msgpack.encode(self._st)
