@@ -51,6 +51,30 @@ def chain_hash(prev_hash: bytes, event_id: bytes, payload: bytes) -> bytes:
     return h.digest()
 
 
+def read_filters(
+    stream: str,
+    from_seq: int,
+    to_seq: int | None,
+    from_ts: int | None,
+    to_ts: int | None,
+    placeholder: str,
+) -> tuple[list[str], list[object]]:
+    """The WHERE terms and parameters of :meth:`Journal.read` for SQL backends (tables
+    aliased ``e`` for events and ``s`` for streams; ``placeholder``: ``?`` or ``%s``)."""
+    ph = placeholder
+    where = [f"s.name = {ph}", f"e.seq >= {ph}"]
+    params: list[object] = [stream, from_seq]
+    for term, value in (
+        (f"e.seq <= {ph}", to_seq),
+        (f"e.ts_recv >= {ph}", from_ts),
+        (f"e.ts_recv <= {ph}", to_ts),
+    ):
+        if value is not None:
+            where.append(term)
+            params.append(value)
+    return where, params
+
+
 def market_stream(exchange: str, symbol: str) -> str:
     return f"md.{exchange}.{symbol}"
 
@@ -301,8 +325,9 @@ class Journal(ABC):
         symbols: Sequence[str] | None = None,
     ) -> Iterator[bytes]:
         """Like :meth:`read_range` but only the payloads: the replay hot path."""
-        for rec in self.read_range(start_ns, end_ns, exchanges, symbols):
-            yield rec.payload
+        for block in self.iter_payload_blocks(start_ns, end_ns, exchanges, symbols):
+            for (payload,) in block:
+                yield payload
 
     def iter_payload_blocks(
         self,
@@ -311,12 +336,12 @@ class Journal(ABC):
         exchanges: Sequence[str] | None = None,
         symbols: Sequence[str] | None = None,
     ) -> Iterator[Sequence[tuple[bytes]]]:
-        """:meth:`iter_payloads` in blocks of one-tuples ``(payload,)``, as a database
-        cursor hands them out: the replay loop unpacks them without a generator step
-        per event. Same order, same payloads."""
+        """The payloads of :meth:`read_range` in blocks of one-tuples ``(payload,)``, as
+        a database cursor hands them out: the replay loop unpacks them without a
+        generator step per event. Backends override this (not :meth:`iter_payloads`)."""
         block: list[tuple[bytes]] = []
-        for payload in self.iter_payloads(start_ns, end_ns, exchanges, symbols):
-            block.append((payload,))
+        for rec in self.read_range(start_ns, end_ns, exchanges, symbols):
+            block.append((rec.payload,))
             if len(block) >= 4096:
                 yield block
                 block = []

@@ -63,6 +63,7 @@ from adapters.journal.base import (
     VerifyReport,
     check_read_model,
     check_read_model_rows,
+    read_filters,
     read_model_mismatch,
 )
 from adapters.journal.memory import check_row
@@ -596,17 +597,7 @@ class PostgresJournal(Journal):
         to_ts: int | None = None,
     ) -> Iterator[JournalRecord]:
         writer = self._reading()
-        where = ["s.name = %s", "e.seq >= %s"]
-        params: list[object] = [stream, from_seq]
-        if to_seq is not None:
-            where.append("e.seq <= %s")
-            params.append(to_seq)
-        if from_ts is not None:
-            where.append("e.ts_recv >= %s")
-            params.append(from_ts)
-        if to_ts is not None:
-            where.append("e.ts_recv <= %s")
-            params.append(to_ts)
+        where, params = read_filters(stream, from_seq, to_seq, from_ts, to_ts, "%s")
         query = (
             f"SELECT {_READ_COLUMNS} FROM events e JOIN streams s ON s.sid = e.sid "
             f"{_PREV_JOIN} WHERE {' AND '.join(where)} ORDER BY e.seq"
@@ -653,17 +644,6 @@ class PostgresJournal(Journal):
         where, params = found
         query = f"SELECT {_READ_COLUMNS} FROM events e {_PREV_JOIN} WHERE {where} {_ORDER}"
         return self._records(writer, query, params)
-
-    def iter_payloads(
-        self,
-        start_ns: int | None = None,
-        end_ns: int | None = None,
-        exchanges: Sequence[str] | None = None,
-        symbols: Sequence[str] | None = None,
-    ) -> Iterator[bytes]:
-        """Payloads in canonical order, without building records (the replay hot path)."""
-        blocks = self.iter_payload_blocks(start_ns, end_ns, exchanges, symbols)
-        return (payload for block in blocks for (payload,) in block)
 
     def iter_payload_blocks(
         self,

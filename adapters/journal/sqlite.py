@@ -55,6 +55,7 @@ from adapters.journal.base import (
     VerifyReport,
     check_read_model,
     check_read_model_rows,
+    read_filters,
     read_model_mismatch,
 )
 from adapters.journal.memory import check_row
@@ -468,17 +469,7 @@ class SqliteJournal(Journal):
         to_ts: int | None = None,
     ) -> Iterator[JournalRecord]:
         conn = self._reader()
-        where = ["s.name = ?", "e.seq >= ?"]
-        params: list[object] = [stream, from_seq]
-        if to_seq is not None:
-            where.append("e.seq <= ?")
-            params.append(to_seq)
-        if from_ts is not None:
-            where.append("e.ts_recv >= ?")
-            params.append(from_ts)
-        if to_ts is not None:
-            where.append("e.ts_recv <= ?")
-            params.append(to_ts)
+        where, params = read_filters(stream, from_seq, to_seq, from_ts, to_ts, "?")
         sql = (
             f"SELECT {_READ_COLUMNS} FROM events e JOIN streams s ON s.sid = e.sid "
             f"WHERE {' AND '.join(where)} ORDER BY e.seq"
@@ -545,18 +536,6 @@ class SqliteJournal(Journal):
         conn = self._reader()
         query = self._range_sql(_READ_COLUMNS, start_ns, end_ns, exchanges, symbols)
         return iter(()) if query is None else _records(conn, *query, self._names(conn))
-
-    def iter_payloads(
-        self,
-        start_ns: int | None = None,
-        end_ns: int | None = None,
-        exchanges: Sequence[str] | None = None,
-        symbols: Sequence[str] | None = None,
-    ) -> Iterator[bytes]:
-        """Payloads in canonical order, without building records (the replay hot path)."""
-        for block in self.iter_payload_blocks(start_ns, end_ns, exchanges, symbols):
-            for (payload,) in block:
-                yield payload
 
     def iter_payload_blocks(
         self,
