@@ -464,6 +464,10 @@ class BookInvalid(ExchangeError):
     kind = "sequence_gap"
 
 
+class SnapshotTooOld(SequenceGap):
+    """The REST snapshot predates every buffered diff: fetch another (no data was lost)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Diff:
     """One incremental book message, with the venue's update ids.
@@ -587,8 +591,18 @@ class BufferedBook:
                 f"update {diff.first}..{diff.last} does not follow {last.first}..{last.last}",
                 self.inst.symbol,
             )
-        if last is None and self.rule.stale(self.snapshot_id, diff):
-            return []
+        if last is None:
+            if self.rule.stale(self.snapshot_id, diff):
+                return []
+            if not self.rule.bridges(self.snapshot_id, diff):
+                self.reset()
+                self.buffer.append(diff)
+                raise SequenceGap(
+                    self.inst.exchange,
+                    f"update {diff.first}..{diff.last} does not bridge snapshot {self.snapshot_id}",
+                    self.inst.symbol,
+                )
+            diff = self.rule.trim(self.snapshot_id, diff)
         self.last = diff
         return [self._apply(diff)]
 
@@ -616,7 +630,7 @@ class BufferedBook:
         kept = [d for d in self.buffer if not rule.stale(snapshot_id, d)]
         if kept and not rule.bridges(snapshot_id, kept[0]):
             self.buffer = kept
-            raise SequenceGap(
+            raise SnapshotTooOld(
                 self.inst.exchange,
                 f"snapshot {snapshot_id} is not bridged by update {kept[0].first}..{kept[0].last}",
                 self.inst.symbol,
@@ -631,6 +645,7 @@ class BufferedBook:
                 d = rule.trim(snapshot_id, d)
             elif not rule.follows(kept[i - 1], d):
                 self.reset()
+                self.buffer = kept[i:]
                 raise SequenceGap(
                     self.inst.exchange,
                     f"buffered update {d.first}..{d.last} does not follow {kept[i - 1].last}",
@@ -867,10 +882,15 @@ class ExchangeInterface(ABC):
                 except RateLimited as exc:
                     log.warning("rate_limited", exchange=self.exchange, error=str(exc))
                     continue  # the limiter now blocks until Retry-After has passed
-                except SequenceGap as exc:
-                    self.stats.gaps += 1
+                except SnapshotTooOld as exc:
                     log.info("snapshot_not_bridged", exchange=self.exchange, error=str(exc))
-                    await asyncio.sleep(min(1.0, self.config.poll_interval_s or 1.0))
+                    await self._sleep_or_stop(self.backoff.next_delay())
+                    continue
+                except (SequenceGap, BookInvalid) as exc:
+                    # a gap inside the buffered diffs: journal it; the next snapshot
+                    # may bridge the diffs after the gap
+                    await self._note_sync_error(exc)
+                    await self._sleep_or_stop(self.backoff.next_delay())
                     continue
                 except (Disconnected, BadResponse, MalformedMessage) as exc:
                     log.warning("snapshot_failed", exchange=self.exchange, error=str(exc))
@@ -883,6 +903,12 @@ class ExchangeInterface(ABC):
             self._pending_snapshots.discard(wire)
 
     async def _handle_sync_error(self, exc: ExchangeError) -> None:
+        insts = await self._note_sync_error(exc)
+        for inst in insts:
+            await self.resync(inst.wire_symbol.upper())
+
+    async def _note_sync_error(self, exc: ExchangeError) -> list[Instrument]:
+        """Count a gap / checksum / invalid-book error and journal Connectivity(resync)."""
         if isinstance(exc, ChecksumMismatch):
             self.stats.checksum_failures += 1
         elif isinstance(exc, BookInvalid):
@@ -901,8 +927,7 @@ class ExchangeInterface(ABC):
                 for i in insts
             ]
         )
-        for inst in insts:
-            await self.resync(inst.wire_symbol.upper())
+        return insts
 
     async def run(self, sink: EventSink) -> None:
         """Collect until :meth:`stop`. Reconnects forever; never raises for venue errors
