@@ -818,9 +818,11 @@ class ExchangeInterface(ABC):
         params: dict[str, Any] | None = None,
         json_body: Any = None,
         headers: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> bytes:
         """One REST call through the rate limiter; 429/418 raise :class:`RateLimited` after
-        penalising the limiter by the venue's ``Retry-After``."""
+        penalising the limiter by the venue's ``Retry-After``. ``content``: a raw body
+        (a form-encoded, signed POST) instead of ``json_body``."""
         import httpx
 
         await self.limiter.acquire(endpoint, priority)
@@ -829,7 +831,7 @@ class ExchangeInterface(ABC):
         url = path if path.startswith("http") else f"{self.rest_url}{path}"
         try:
             resp = await self._http.request(
-                method, url, params=params, json=json_body, headers=headers
+                method, url, params=params, json=json_body, headers=headers, content=content
             )
         except httpx.HTTPError as exc:
             raise Disconnected(self.exchange, f"{method} {url}: {exc!r}") from exc
