@@ -277,9 +277,13 @@ class EventProducer:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def produce(self, event: Event, *, partition: int | None = None) -> None:
+    def produce(
+        self, event: Event, *, partition: int | None = None, eid: bytes | None = None
+    ) -> None:
         """Queue ``event`` for its topic (``partition``: force one, else by key).
 
+        ``eid`` overrides the ``event_id`` header (default :func:`kernel.events.event_id`),
+        for producers whose events have an identity of their own (news: the item's URL).
         An event that cannot be encoded goes to the dead-letter topic instead (its
         ``repr`` as the value, the error in the ``error`` header)."""
         kind = kind_of(event)
@@ -290,7 +294,7 @@ class EventProducer:
         key = key_for(event)
         try:
             value = encode(event)
-            eid = event_id(event)
+            eid = event_id(event) if eid is None else eid
         except (OverflowError, TypeError, ValueError) as exc:
             error = f"cannot encode {kind}: {exc}"
             self._record(topic, key, None, "encode", error, dead_lettered=True)

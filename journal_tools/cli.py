@@ -512,6 +512,53 @@ def cmd_kafka_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_news(args: argparse.Namespace) -> int:
+    """Poll the feeds of config/news.yaml and produce News events to Kafka (or print them)."""
+    import time
+
+    from adapters.kafka import EventProducer, KafkaBusError
+    from adapters.news import NewsPoller, publish
+
+    config = _config(args)
+    if not config.news.feeds:
+        raise UsageError("no feeds configured (config/news.yaml: feeds)")
+    kafka = config.kafka
+    if args.bootstrap:
+        kafka = msgspec.structs.replace(kafka, bootstrap_servers=args.bootstrap)
+    try:
+        producer = None if args.print else EventProducer(kafka)
+    except KafkaBusError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    code = 0
+    with NewsPoller(config.news) as poller:
+        try:
+            while True:
+                report = poller.poll_once()
+                undelivered = 0
+                if producer is None:
+                    for ev in report.events:  # JSON lines
+                        line = msgspec.json.encode(to_builtins(ev)).decode()
+                        out.print(line, soft_wrap=True, markup=False, highlight=False)
+                else:
+                    undelivered = publish(report, producer)
+                for f in report.failed:
+                    console.print(f"[yellow]feed {f.feed} failed:[/] {f.error}")
+                console.print(
+                    f"news: {len(report.events)} new, {report.duplicates} duplicate(s) from "
+                    f"{len(report.feeds)} feed(s), {len(report.failed)} failed"
+                    + (f", {undelivered} undelivered" if undelivered else "")
+                )
+                code = 1 if undelivered or len(report.failed) == len(report.feeds) else 0
+                if args.once:
+                    break
+                time.sleep(config.news.poll_interval_s)
+        finally:
+            if producer is not None:
+                producer.close()
+    return code
+
+
 # -- parser ------------------------------------------------------------------------------
 
 
@@ -643,6 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="out/demo", help="working directory (default out/demo)")
     sp.add_argument("--hours", type=float, default=0.1)
     sp.add_argument("--seed", type=int, default=7)
+
+    sp = add("news", cmd_news, "poll news feeds (config/news.yaml) and produce News to Kafka")
+    sp.add_argument("--once", action="store_true", help="poll every feed once, then exit")
+    sp.add_argument("--bootstrap", metavar="HOST:PORT", help="brokers (default: config/env)")
+    sp.add_argument("--print", action="store_true", help="print the events, produce nothing")
 
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")

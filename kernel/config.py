@@ -191,6 +191,35 @@ class KafkaConfig(_Config, frozen=True):
                 )
 
 
+class NewsFeed(_Config, frozen=True):
+    """One polled news feed. ``format`` ``auto`` tells RSS (2.0 and 1.0), Atom and JSON
+    feeds apart by their content; ``symbols`` tag every item of the feed (a feed about
+    one asset), on top of the keyword tags of :class:`NewsConfig`."""
+
+    name: str
+    url: str
+    format: Literal["auto", "rss", "atom", "json"] = "auto"
+    symbols: tuple[str, ...] = ()
+
+
+class NewsConfig(_Config, frozen=True):
+    """config/news.yaml: the news producer (adapters/news.py, ``tickerml news``).
+
+    ``keywords`` maps a normalised symbol to words that, found in a headline or summary
+    (whole words, any case), tag the item with that symbol. ``seen_capacity`` bounds the
+    deduplication memory (normalised URLs and headline hashes, oldest forgotten first).
+    """
+
+    feeds: tuple[NewsFeed, ...] = ()
+    poll_interval_s: float = 60.0
+    timeout_s: float = 10.0
+    max_bytes: int = 5_000_000
+    max_body_chars: int = 2_000
+    seen_capacity: int = 100_000
+    user_agent: str = "tickerml-news/0.1"
+    keywords: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
+
+
 class ExchangeConfig(_Config, frozen=True):
     enabled: bool = True
     latency: LatencyProfile = msgspec.field(default_factory=LatencyProfile)
@@ -294,6 +323,7 @@ class AppConfig(_Config, frozen=True):
     risk_limits: RiskLimitsConfig = msgspec.field(default_factory=RiskLimitsConfig)
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
+    news: NewsConfig = msgspec.field(default_factory=NewsConfig)
 
 
 def canonical_json(config: msgspec.Struct) -> bytes:
