@@ -7,7 +7,7 @@ Topics (logical names from :class:`kernel.config.KafkaConfig`; on the cluster ea
 topic           event kinds
 ==============  =========================================================================
 orderbooks      BookSnapshot, BookDelta
-trades          Trade
+trades          Trade, Bar
 funding         FundingRate, MarkPrice
 news            News
 features        (reserved for feature vectors; no event kind is routed here yet)
@@ -101,6 +101,7 @@ TOPIC_OF_KIND: Mapping[str, str] = {
     "BookSnapshot": "orderbooks",
     "BookDelta": "orderbooks",
     "Trade": "trades",
+    "Bar": "trades",
     "FundingRate": "funding",
     "MarkPrice": "funding",
     "News": "news",

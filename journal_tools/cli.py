@@ -457,11 +457,56 @@ def cmd_halt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _legacy_path(dsn: str) -> str | None:
+    """The file of a ``sqlite:///`` DSN (or plain path) holding a legacy TickerML
+    database (``ohlcv`` / ``trades`` / ``order_books``, no journal); else ``None``."""
+    from journal_tools.legacy import is_legacy_sqlite
+
+    scheme, sep, rest = dsn.partition("://")
+    if sep and scheme.lower() != "sqlite":
+        return None
+    path = rest[1:] if sep else dsn
+    return path if is_legacy_sqlite(path) else None
+
+
+def _migrate_legacy(args: argparse.Namespace, path: str) -> int:
+    from journal_tools.legacy import LegacyOptions, LegacySource, parse_interval
+    from journal_tools.migrate import MigrationError, migrate_legacy
+
+    registry = InstrumentRegistry(list(_config(args).instruments.instruments))
+    options = LegacyOptions(args.legacy_exchange.upper(), parse_interval(args.legacy_interval))
+    target = None if args.dry_run else open_journal(args.target)
+    try:
+        with LegacySource(path, registry, options) as source:
+            report = migrate_legacy(source, target, dry_run=args.dry_run)
+    except MigrationError as exc:
+        console.print(f"[red]migration failed, target unchanged:[/] {exc}")
+        return 1
+    finally:
+        if target is not None:
+            target.close()
+    if args.json:
+        out.print_json(data=msgspec.to_builtins(report))
+        return 0
+    out.print(f"legacy TickerML database {path}:")
+    for t in report.tables:
+        out.print(f"  {t.table}: {t.rows:,} rows -> {t.events:,} events, {t.rounded:,} rounded")
+    verb = "would move" if report.dry_run else "moved and verified"
+    out.print(f"{verb}: {report.events:,} events in {len(report.streams)} streams")
+    for st in report.streams:
+        new = "" if report.dry_run else f" ({st.new:,} new)"
+        out.print(f"  {st.stream}: {st.events:,} events{new}")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from journal_tools.migrate import MigrationError, migrate
 
     if args.source == args.target:
         raise UsageError("--from and --to are the same journal")
+    legacy = _legacy_path(args.source)
+    if legacy is not None:
+        return _migrate_legacy(args, legacy)
     source = open_journal(args.source)
     try:
         target = open_journal(args.target)
@@ -651,6 +696,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--to", dest="target", required=True, help="target journal DSN")
     sp.add_argument("--dry-run", action="store_true", help="check the source, write nothing")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.add_argument(
+        "--legacy-exchange",
+        default="BINANCE",
+        help="legacy TickerML database: exchange of rows without one (default BINANCE)",
+    )
+    sp.add_argument(
+        "--legacy-interval",
+        default="1m",
+        help="legacy TickerML database: bar length of ohlcv rows without one (default 1m)",
+    )
 
     for name, what in (
         ("halt", "kill switch: cancel every order, flatten, refuse new orders until resume"),

@@ -108,6 +108,24 @@ class News(Event, frozen=True, tag="News"):
     PRIORITY: ClassVar[int] = 4
 
 
+class Bar(MarketEvent, frozen=True, tag="Bar"):
+    """An OHLCV bar (candle) over ``interval_ns`` from ``ts_event``, its open time; it is
+    known at its close, so ``ts_recv`` is ``ts_event + interval_ns`` unless the source
+    says otherwise. Prices in price units, ``volume`` in size units (base currency);
+    ``trades`` is the number of prints in it (0: not known). Added after every other
+    kind (legacy TickerML ``ohlcv`` rows, see journal_tools/legacy.py)."""
+
+    interval_ns: int
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int = 0
+    trades: int = 0
+
+    PRIORITY: ClassVar[int] = 2
+
+
 # ---------------------------------------------------------------------------------------
 # Kernel events (made by the kernel, journaled in the session stream)
 # ---------------------------------------------------------------------------------------
@@ -437,6 +455,7 @@ AnyEvent = (
     | LateEvent
     | ModelLoaded
     | Alert
+    | Bar
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -472,10 +491,11 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     LateEvent,
     ModelLoaded,
     Alert,
+    Bar,
 )
 
 MARKET_KINDS: frozenset[str] = frozenset(
-    {"BookSnapshot", "BookDelta", "Trade", "FundingRate", "MarkPrice", "News"}
+    {"BookSnapshot", "BookDelta", "Trade", "FundingRate", "MarkPrice", "News", "Bar"}
 )
 
 _ENCODER = msgspec.msgpack.Encoder()

@@ -227,7 +227,7 @@ def test_every_event_kind_has_a_configured_topic() -> None:
     assert set(TOPIC_OF_KIND.values()) <= set(KafkaConfig().topics)
     expected = {
         "orderbooks": {"BookSnapshot", "BookDelta"},
-        "trades": {"Trade"},
+        "trades": {"Trade", "Bar"},
         "funding": {"FundingRate", "MarkPrice"},
         "news": {"News"},
         "signals": {"Decision"},
