@@ -779,6 +779,11 @@ class ExchangeInterface(ABC):
                 return out
         return out
 
+    def retry_after_s(self, headers: Any) -> float | None:
+        """Seconds to wait after a 429/418: ``Retry-After`` (venues with their own header
+        override this)."""
+        return _retry_after(headers.get("Retry-After"))
+
     def ping_frame(self) -> str | None:
         """An application-level ping to send every ``ping_interval_s`` (None: rely on
         WebSocket-level pings)."""
@@ -836,7 +841,7 @@ class ExchangeInterface(ABC):
         except httpx.HTTPError as exc:
             raise Disconnected(self.exchange, f"{method} {url}: {exc!r}") from exc
         if resp.status_code in (429, 418):
-            retry = _retry_after(resp.headers.get("Retry-After"))
+            retry = self.retry_after_s(resp.headers)
             self.stats.rate_limited += 1
             self.limiter.penalise(retry if retry is not None else 1.0)
             raise RateLimited(

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -138,6 +139,11 @@ class FakeExchange:
         """(method, path?query) of every HTTP request, in order."""
         self.client_frames: list[list[str]] = []
         """Frames each WebSocket client sent, per connection."""
+        self.ws_paths: list[str] = []
+        """The request path (with its query) of each WebSocket connection."""
+        self.sent_ns: list[int] = []
+        """``time.perf_counter_ns()`` just before each frame was sent (all connections, in
+        order): the start of a frame-to-event latency measurement."""
         self.ws_connects = 0
         self._fail: dict[str, deque[HttpResponse]] = {}
         self._ws_server: Any = None
@@ -196,6 +202,7 @@ class FakeExchange:
         self.ws_connects += 1
         received: list[str] = []
         self.client_frames.append(received)
+        self.ws_paths.append(str(getattr(getattr(ws, "request", None), "path", "")))
         if not self.scripts:
             await ws.close()
             return
@@ -220,6 +227,7 @@ class FakeExchange:
                 if script.pace > 0 and prev_ts is not None and ts > prev_ts:
                     await asyncio.sleep((ts - prev_ts) * script.pace)
                 prev_ts = ts
+                self.sent_ns.append(time.perf_counter_ns())
                 await ws.send(text)
             if script.linger:
                 await read_task
