@@ -374,10 +374,14 @@ class SessionStarted(Event, frozen=True, tag="SessionStarted"):
 
 
 class SessionEnded(Event, frozen=True, tag="SessionEnded"):
+    """``input_to``: the exclusive end (ns) of the inputs the session read, when it was
+    not known at the start (a live session); 0 means ``SessionStarted.input_to``."""
+
     session_id: str
     state_hash: str
     events_in: int
     outputs: int
+    input_to: int = 0
 
 
 class Heartbeat(Event, frozen=True, tag="Heartbeat"):

@@ -35,7 +35,7 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol
 
 import structlog
@@ -527,7 +527,9 @@ class LocalBook:
         seq: int,
     ) -> BookSnapshot:
         try:
-            self.book.apply_snapshot(bids, asks, ts_event)
+            # worst level first: each insert lands at the end of the side's sorted key
+            # list instead of its front (a 46,000-level snapshot: 0.04 s instead of 0.24 s)
+            self.book.apply_snapshot(bids[::-1], asks[::-1], ts_event)
         except BookError as exc:
             raise BookInvalid(self.inst.exchange, f"snapshot {exc}", self.inst.symbol) from exc
         return BookSnapshot(
@@ -641,6 +643,11 @@ class BufferedBook:
         self.buffer = []
         self.last = None
         for i, d in enumerate(kept):
+            # A buffered diff becomes usable only once the snapshot is here: it takes the
+            # snapshot's receive time (its exchange time is kept), so the events an
+            # adapter emits never go back in ts_recv, the kernel's order.
+            if d.ts_recv < ts_recv:
+                d = replace(d, ts_recv=ts_recv)
             if i == 0:
                 d = rule.trim(snapshot_id, d)
             elif not rule.follows(kept[i - 1], d):
@@ -711,6 +718,9 @@ class ExchangeInterface(ABC):
     default_ws_url: ClassVar[str]
     default_rest_url: ClassVar[str]
     rest_weights: ClassVar[dict[str, float]] = {}
+    protocol_ping_s: ClassVar[float | None] = None
+    """WebSocket protocol-level ping interval for venues that require client pings
+    (Kraken Futures: one at least every 60 s); None: only :meth:`ping_frame`."""
 
     def __init__(
         self,
@@ -958,7 +968,7 @@ class ExchangeInterface(ABC):
                 async with websockets.connect(
                     url,
                     max_size=None,
-                    ping_interval=None,
+                    ping_interval=self.protocol_ping_s,
                     compression=None,
                     open_timeout=self.config.rest_timeout_s,
                 ) as ws:
