@@ -416,6 +416,16 @@ def cmd_project(args: argparse.Namespace) -> int:
         journal.close()
 
 
+def cmd_funding(args: argparse.Namespace) -> int:
+    from journal_tools.funding import cli_funding
+
+    config = _config(args)
+    start = parse_time(args.start) if args.start else None
+    end = parse_time(args.end) if args.end else None
+    with _journal(args, config) as journal:
+        return cli_funding(args, journal, config, start, end)
+
+
 def cmd_halt(args: argparse.Namespace) -> int:
     """Kill switch on (``halt``) or off (``resume``): an operator event in md.CONTROL."""
     from adapters.journal.base import CONTROL_STREAM
@@ -740,6 +750,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--session", help="only this session")
     sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
     sp.add_argument("--limit", type=int, default=50, help="at most this many rows (--show)")
+
+    sp = add(
+        "funding",
+        cmd_funding,
+        "funding rates per perp over the journal: last/min/max/mean rate, next funding, "
+        "alerts; with --session its funding paid and expected cost",
+    )
+    sp.add_argument("--from", dest="start", help="start time (ISO-8601 UTC or ns), inclusive")
+    sp.add_argument("--to", dest="end", help="end time (ISO-8601 UTC or ns), exclusive")
+    sp.add_argument("--exchange", action="append", default=[], help="only this exchange")
+    sp.add_argument("--symbol", action="append", default=[], help="only this perp symbol")
+    sp.add_argument("--session", help="also this session's funding payments and position")
+    sp.add_argument("--journal", help="journal DSN")
+    sp.add_argument("--format", choices=["table", "json"], default="table")
 
     sp = add("demo", cmd_demo, "synth -> import -> replay -> verify -> summary, all embedded")
     sp.add_argument("--out", default="out/demo", help="working directory (default out/demo)")

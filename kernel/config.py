@@ -7,10 +7,12 @@ Loading YAML and reading environment variables happens at the edge
 from __future__ import annotations
 
 import hashlib
+from itertools import pairwise
 from typing import Literal
 
 import msgspec
 
+from kernel.fixedpoint import MONEY_DECIMALS, RATE_DECIMALS, FixedPointError, parse_fixed
 from kernel.instruments import Instrument
 from kernel.sync import SyncConfig
 
@@ -220,16 +222,50 @@ class NewsConfig(_Config, frozen=True):
     keywords: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
 
 
+def _check_quote_amount(value: str | int, where: str) -> None:
+    """A money amount in quote currency (decimal text or integer), >= 0, exact at
+    MONEY precision (1e-8)."""
+    try:
+        units = parse_fixed(str(value), MONEY_DECIMALS)
+    except FixedPointError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if units < 0:
+        raise ValueError(f"{where}: must be >= 0, got {value}")
+
+
 class ExchangeConfig(_Config, frozen=True):
+    """One exchange. ``large_trade_notional``: a trade whose notional (price x size, in
+    the instrument's quote currency) is at least this is flagged large
+    (kernel/trades.py); ``None``: never. ``large_trade_notional_by_symbol`` overrides it
+    per normalised symbol (``BTC-USDT-PERP``). Decimal text (``"250000"``) or an
+    integer; floats are refused so that no threshold is rounded."""
+
     enabled: bool = True
     latency: LatencyProfile = msgspec.field(default_factory=LatencyProfile)
     rest_weight_per_minute: int = 1200
+    large_trade_notional: str | int | None = None
+    large_trade_notional_by_symbol: dict[str, str | int] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.large_trade_notional is not None:
+            _check_quote_amount(self.large_trade_notional, "large_trade_notional")
+        for symbol, value in self.large_trade_notional_by_symbol.items():
+            _check_quote_amount(value, f"large_trade_notional_by_symbol.{symbol}")
 
 
 class ExchangesConfig(_Config, frozen=True):
-    """config/exchanges.yaml: per-exchange settings keyed by upper-case exchange name."""
+    """config/exchanges.yaml: per-exchange settings keyed by upper-case exchange name.
+
+    ``trade_windows_ms``: the rolling trade-aggregation windows (kernel/trades.py), in
+    ms of exchange time, strictly increasing."""
 
     exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)
+    trade_windows_ms: tuple[int, ...] = (1_000, 10_000, 60_000)
+
+    def __post_init__(self) -> None:
+        w = self.trade_windows_ms
+        if not w or w[0] <= 0 or any(a >= b for a, b in pairwise(w)):
+            raise ValueError(f"trade_windows_ms must be positive and increasing, got {list(w)}")
 
 
 class InstrumentsConfig(_Config, frozen=True):
@@ -305,11 +341,30 @@ class ModelConfig(_Config, frozen=True):
 
 
 class MonitoringConfig(_Config, frozen=True):
-    """config/monitoring.yaml: alert thresholds."""
+    """config/monitoring.yaml: alert thresholds.
+
+    ``funding_rate_alert``: an ``Alert`` (rule ``funding_rate_high``) when a perp's
+    |funding rate| is strictly above it, at most once per instrument per funding cycle
+    (kernel/funding.py). A fraction as decimal text: ``"0.001"`` is 0.1 %; exact at RATE
+    precision (1e-10)."""
 
     log_format: str = "auto"
     spread_zscore_alert: float = 4.0
     consumer_lag_alert_s: float = 5.0
+    funding_rate_alert: str = "0.001"
+
+    def __post_init__(self) -> None:
+        try:
+            rate = parse_fixed(self.funding_rate_alert, RATE_DECIMALS)
+        except FixedPointError as exc:
+            raise ValueError(f"funding_rate_alert: {exc}") from None
+        if rate < 0:
+            raise ValueError(f"funding_rate_alert must be >= 0, got {self.funding_rate_alert}")
+
+    @property
+    def funding_rate_alert_units(self) -> int:
+        """The threshold in RATE units (1e-10): ``"0.001"`` -> 10_000_000."""
+        return parse_fixed(self.funding_rate_alert, RATE_DECIMALS)
 
 
 class AppConfig(_Config, frozen=True):

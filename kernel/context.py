@@ -15,6 +15,7 @@ from kernel.book import L2Book
 from kernel.events import Event, MarketEvent, OrderType, Side, TimeInForce, Trade
 from kernel.instruments import Instrument
 from kernel.portfolio import Portfolio
+from kernel.trades import TradeAggregator
 
 if TYPE_CHECKING:
     from kernel.engine import Engine, OrderView
@@ -69,6 +70,13 @@ class StrategyContext:
 
     def last_trade(self, exchange: str, symbol: str) -> Trade | None:
         return self._engine.last_trades.get(f"{exchange}:{symbol}")
+
+    def trade_windows(self) -> TradeAggregator:
+        """Rolling 1 s / 10 s / 60 s trade windows per instrument (volume, buy/sell
+        volume, notional, VWAP, large trades; kernel/trades.py), on exchange time.
+        Switched on by the first call (ask in ``on_start`` to count every trade); read
+        it, never feed it: the engine adds each trade before ``on_market`` sees it."""
+        return self._engine.trade_windows()
 
     def decide(
         self,

@@ -60,6 +60,7 @@ from kernel.fixedpoint import MONEY_DECIMALS, POW10, parse_fixed
 from kernel.instruments import Instrument, InstrumentError, InstrumentRegistry
 from kernel.portfolio import Portfolio, PortfolioState, funding_amount
 from kernel.risk import RiskManager, RiskState
+from kernel.trades import TradeAggregator, TradeWindowsConfig
 
 STATE_VERSION = 3
 
@@ -121,6 +122,16 @@ class EngineState(msgspec.Struct, frozen=True, array_like=True):
     flattening: list[tuple[str, str]]
 
 
+class EngineStateWithTrades(EngineState, frozen=True, array_like=True):
+    """:class:`EngineState` plus the trade windows a strategy switched on
+    (:meth:`Engine.trade_windows`), encoded by :meth:`TradeAggregator.snapshot`. A
+    separate type so that the state of every session without them (the bytes and the
+    state hash) stays as it was: the field is written only when the windows are on, and
+    :meth:`Engine.restore` reads both shapes."""
+
+    trade_windows: bytes = b""
+
+
 class Engine:
     """``Engine(config, instruments, strategy, seed)``; feed it with :meth:`apply`."""
 
@@ -133,6 +144,7 @@ class Engine:
         session_id: str = "",
         latency: Mapping[str, LatencyProfile] | None = None,
         risk: RiskLimitsConfig | None = None,
+        trade_windows: TradeWindowsConfig | None = None,
     ) -> None:
         self.config = config
         self.instruments = (
@@ -147,6 +159,9 @@ class Engine:
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.books: dict[str, L2Book] = {}
         self.last_trades: dict[str, Trade] = {}
+        # rolling trade windows: off until a strategy asks for them (trade_windows())
+        self._trade_windows_config = trade_windows or TradeWindowsConfig()
+        self._trades: TradeAggregator | None = None
         self.funding: dict[str, tuple[int, int]] = {}
         self.marks: dict[str, tuple[int, int]] = {}
         self.now = 0
@@ -274,6 +289,15 @@ class Engine:
 
     def set_timer(self, at_ns: int, name: str) -> None:
         self._schedule(at_ns, TIMER, name)
+
+    def trade_windows(self) -> TradeAggregator:
+        """The rolling trade windows (kernel/trades.py), switched on by the first call:
+        from then on every valid trade of a known instrument is counted, and the windows
+        are part of the state. Off (the default) they cost nothing and leave the state
+        hash as it was; a strategy that wants them asks in ``on_start``."""
+        if self._trades is None:
+            self._trades = TradeAggregator(self._trade_windows_config, self.instruments)
+        return self._trades
 
     def _schedule(self, at_ns: int, kind: int, data: object) -> None:
         self._timer_seq += 1
@@ -848,6 +872,9 @@ class Engine:
             return
         key = f"{ev.exchange}:{ev.symbol}"
         self.last_trades[key] = ev
+        trades = self._trades
+        if trades is not None and key in self.instruments:
+            trades.add(ev)
         if key in self._active:
             self.venue.now = self.now
             self.venue.on_trade(key, ev)
@@ -963,7 +990,12 @@ class Engine:
             b = self.books[key]
             bids, asks = b.canonical()
             books.append((key, b.ts_event, b.seq, bids, asks))
-        return EngineState(
+        extra: dict[str, bytes] = {}
+        cls = EngineState
+        if self._trades is not None:
+            cls = EngineStateWithTrades
+            extra["trade_windows"] = self._trades.snapshot()
+        return cls(
             version=STATE_VERSION,
             now=self.now,
             events_in=self.events_in,
@@ -989,6 +1021,7 @@ class Engine:
             risk=self.risk.st if self.risk is not None else None,
             held_mids=sorted(self._held_mids.items()),
             flattening=sorted(self._flattening.items()),
+            **extra,
         )
 
     def snapshot(self) -> bytes:
@@ -1001,7 +1034,7 @@ class Engine:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
 
     def restore(self, snapshot: bytes) -> None:
-        st = msgspec.msgpack.decode(snapshot, type=EngineState)
+        st = msgspec.msgpack.decode(snapshot, type=EngineStateWithTrades)
         if st.version != STATE_VERSION:
             raise ValueError(f"snapshot version {st.version} != engine version {STATE_VERSION}")
         self.now = st.now
@@ -1043,6 +1076,9 @@ class Engine:
             self.risk.st = st.risk
         self._held_mids = dict(st.held_mids)
         self._flattening = dict(st.flattening)
+        self._trades = None
+        if st.trade_windows:
+            self.trade_windows().restore_bytes(st.trade_windows)
         if self.risk is not None:
             self._revalue_held()
             self._bands.clear()  # every move re-evaluates until the next full update
