@@ -425,7 +425,7 @@ def test_snapshot_request_is_signed_with_a_key_and_public_without(cap: Capture) 
         client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         clock = StepClock(1_619_378_326_000_000_000 - 1_000)
         venue = KucoinSpot(config, clock=clock, http=client, credentials=creds)
-        venue._make_books(resolve_spot_symbols(_symbol_rows(cap), ["BSV-USDT"]))
+        venue.use_symbols(routes(cap)["/api/v1/symbols"])
         try:
             return await venue.fetch_snapshot("BCHSV-USDT", 0)
         finally:
@@ -523,9 +523,7 @@ def test_rule_trims_the_bridging_update_per_change_and_skips_placeholders() -> N
 
 def _spot(cap: Capture, symbols: list[str]) -> KucoinSpot:
     venue = KucoinSpot(FeedConfig(symbols=symbols), credentials=None)
-    insts = resolve_spot_symbols(_symbol_rows(cap), symbols)
-    venue.instruments = {i.wire_symbol: i for i in insts}
-    venue._make_books(insts)
+    venue.use_symbols(routes(cap)["/api/v1/symbols"])
     return venue
 
 

@@ -44,7 +44,7 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, ClassVar, Literal
@@ -70,7 +70,7 @@ from adapters.exchanges.base import (
     parse_levels,
 )
 from kernel.events import BookDelta, Event, FundingRate, Level, MarkPrice, Trade
-from kernel.fixedpoint import RATE_DECIMALS, from_decimal
+from kernel.fixedpoint import POW10, RATE_DECIMALS, from_decimal, parse_fixed
 from kernel.instruments import Instrument, InstrumentError, normalise_symbol
 
 log = structlog.get_logger("tickerml.exchanges.kucoin")
@@ -221,7 +221,8 @@ class _FundingMsg(msgspec.Struct, tag_field="subject", tag="funding.rate"):
     data: _FundingData
 
 
-_DataMsg = _L2Msg | _MatchMsg | _MarkMsg | _FundingMsg
+DataDecoder = tuple[str, Callable[[str | bytes], Any]]
+"""(quoted subject to look for in the frame text, decoder of that message shape)."""
 _DATA_SUBJECTS = frozenset({"trade.l2update", "trade.l3match", "mark.index.price", "funding.rate"})
 
 
@@ -283,7 +284,10 @@ class _BookData(msgspec.Struct):
     time: int = 0  # ms
 
 
-_decode_data = msgspec.json.Decoder(_DataMsg).decode
+_decode_l2 = msgspec.json.Decoder(_L2Msg).decode
+_decode_match = msgspec.json.Decoder(_MatchMsg).decode
+_decode_mark = msgspec.json.Decoder(_MarkMsg).decode
+_decode_funding = msgspec.json.Decoder(_FundingMsg).decode
 _decode_control = msgspec.json.Decoder(_Control).decode
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _encode = msgspec.json.Encoder().encode
@@ -315,15 +319,36 @@ class KucoinDiff(Diff):
     changes: _L2Changes | None = None
 
 
+def fixed(text: str, decimals: int) -> int:
+    """Decimal text -> integer units of ``10**-decimals``: a fast path for plain
+    ``123.45`` texts, anything else (signs, exponents, extra digits) through
+    :func:`kernel.fixedpoint.parse_fixed` (which refuses to round)."""
+    whole, dot, frac = text.partition(".")
+    n = len(frac)
+    if n <= decimals and whole.isdigit() and (frac.isdigit() or not dot):
+        return int(whole + frac) * POW10[decimals - n]
+    return parse_fixed(text, decimals)
+
+
 def levels_from_changes(
-    inst: Instrument, rows: Iterable[Change], after: int = -1
+    inst: Instrument, rows: Sequence[Change], after: int = -1
 ) -> tuple[Level, ...]:
     """Fixed-point levels of level2 changes, skipping price-"0" placeholders and (when
-    ``after`` >= 0) changes whose own sequence is <= ``after``."""
-    price, size = inst.price, inst.size
-    if after < 0:
-        return tuple([(price(p), size(s)) for p, s, _ in rows if p != "0"])
-    return tuple([(price(p), size(s)) for p, s, q in rows if p != "0" and int(q) > after])
+    ``after`` >= 0) changes whose own sequence is <= ``after``. Prices must be on the
+    tick, sizes on the lot (:class:`InstrumentError` otherwise)."""
+    if not rows:
+        return ()
+    pd, sd, tick, lot = inst.price_decimals, inst.size_decimals, inst.tick_size, inst.lot_size
+    out: list[Level] = []
+    for p, s, q in rows:
+        if p == "0" or (after >= 0 and int(q) <= after):
+            continue
+        price = fixed(p, pd)
+        size = fixed(s, sd)
+        if price % tick or size % lot:
+            raise InstrumentError(f"{inst.key}: level {p} x {s} is off the tick or the lot")
+        out.append((price, size))
+    return tuple(out)
 
 
 class KucoinRule:
@@ -496,26 +521,36 @@ class KucoinBase(ExchangeInterface):
             ping = self.ping_frame()
             if ping is not None:
                 self.outbox.append(ping)
-        try:
-            msg = _decode_data(frame)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return self._on_control(frame, exc)
-        try:
-            return self.on_message(msg, ts_recv)
-        except ValueError as exc:  # InstrumentError, FixedPointError: off tick, bad number
-            raise MalformedMessage(self.exchange, f"bad value: {exc}") from exc
+        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+        # Pick the typed decoder by the quoted subject in the text (a substring search is
+        # far cheaper than a failed decode); the decoder still checks the subject field.
+        for marker, decode in self.data_decoders:
+            if marker in text:
+                try:
+                    msg = decode(text)
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    return self._on_control(text, exc)
+                try:
+                    return self.on_message(msg, ts_recv)
+                except ValueError as exc:  # InstrumentError, FixedPointError
+                    raise MalformedMessage(self.exchange, f"bad value: {exc}") from exc
+        return self._on_control(text, None)
+
+    data_decoders: ClassVar[tuple[DataDecoder, ...]] = ()
+    """The data messages this venue parses (everything else is a control frame)."""
 
     def on_message(self, msg: Any, ts_recv: int) -> list[Event]:
-        """A decoded data message (one of the ``_DataMsg`` shapes)."""
+        """A decoded data message (one of :attr:`data_decoders`' shapes)."""
         return []
 
-    def _on_control(self, frame: str | bytes, error: Exception) -> list[Event]:
+    def _on_control(self, frame: str, error: Exception | None) -> list[Event]:
         try:
             ctl = _decode_control(frame)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise MalformedMessage(self.exchange, f"not a JSON object: {exc}") from exc
-        if ctl.subject in _DATA_SUBJECTS:
-            raise MalformedMessage(self.exchange, f"{ctl.subject}: {error}")
+        if ctl.subject in _DATA_SUBJECTS and (error is not None or ctl.type == "message"):
+            why = error if error is not None else "not the expected shape"
+            raise MalformedMessage(self.exchange, f"{ctl.subject}: {why}")
         kind = ctl.type
         if kind == "welcome":
             self.welcomed = True
@@ -549,6 +584,10 @@ class KucoinSpot(KucoinBase):
 
     default_ws_url: ClassVar[str] = ""  # from the bullet token
     default_rest_url: ClassVar[str] = "https://api.kucoin.com"
+    data_decoders: ClassVar[tuple[DataDecoder, ...]] = (
+        ('"trade.l2update"', _decode_l2),
+        ('"trade.l3match"', _decode_match),
+    )
 
     def __init__(self, config: FeedConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
@@ -559,8 +598,15 @@ class KucoinSpot(KucoinBase):
 
     async def load_instruments(self) -> list[Instrument]:
         raw = await self.http_request("GET", "/api/v1/symbols", endpoint="symbols")
-        rows: list[_SymbolRow] = _body(self.exchange, raw, "symbols", list[_SymbolRow])
+        return self.use_symbols(raw)
+
+    def use_symbols(self, raw: bytes | str) -> list[Instrument]:
+        """Resolve the configured symbols in a ``/api/v1/symbols`` reply and make their
+        books (what :meth:`load_instruments` does after fetching it; no I/O)."""
+        body = raw.encode() if isinstance(raw, str) else raw
+        rows: list[_SymbolRow] = _body(self.exchange, body, "symbols", list[_SymbolRow])
         insts = resolve_spot_symbols(rows, self.config.symbols)
+        self.instruments = {i.wire_symbol.upper(): i for i in insts}
         self._make_books(insts)
         return insts
 
@@ -667,7 +713,11 @@ class KucoinSpot(KucoinBase):
             params={"symbol": wire_symbol},
             headers=headers,
         )
-        ts_recv = self.clock.now_ns()
+        return self.on_snapshot_body(wire_symbol, raw, self.clock.now_ns())
+
+    def on_snapshot_body(self, wire_symbol: str, raw: bytes, ts_recv: int) -> list[Event]:
+        """Apply a REST level2 reply to the symbol's book (with the buffered diffs that
+        follow it); no I/O."""
         snap: _BookData = _body(self.exchange, raw, f"book {wire_symbol}", _BookData)
         book = self.books.get(wire_symbol)
         if book is None:
@@ -731,6 +781,10 @@ class KucoinFutures(KucoinBase):
 
     default_ws_url: ClassVar[str] = ""
     default_rest_url: ClassVar[str] = "https://api-futures.kucoin.com"
+    data_decoders: ClassVar[tuple[DataDecoder, ...]] = (
+        ('"mark.index.price"', _decode_mark),
+        ('"funding.rate"', _decode_funding),
+    )
 
     async def load_instruments(self) -> list[Instrument]:
         raw = await self.http_request("GET", "/api/v1/contracts/active", endpoint="contracts")
