@@ -317,7 +317,59 @@ async def bench_kucoin(repeat: int) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------------------------------
+# Coinbase Advanced Trade
+# ---------------------------------------------------------------------------------------
+
+
+async def bench_coinbase(repeat: int) -> dict[str, float]:
+    """The recorded cryptofeed_COINBASE connection (1030 frames: 2 full-book level2
+    snapshots of 46,000 + 23,334 levels, 773 level2 updates, 57 trade frames, tickers,
+    heartbeats and candles the adapter only sequence-checks), ``repeat`` times over on one
+    connection with ``sequence_num`` renumbered to stay gap-free (each pass resnapshots)."""
+    import re
+
+    from adapters.exchanges.coinbase import PRODUCTS_PATH, CoinbaseExchange
+
+    cap = load_capture(DATA / "coinbase" / "cryptofeed_COINBASE.jsonl.gz")
+    recorded = cap.frames()
+    seq = re.compile(r'"sequence_num":(\d+)')
+    frames: list[tuple[float, str]] = []
+    for k in range(repeat):
+        for ts, text in recorded:
+            head, tail = text[:200], text[200:]
+            n = k * len(recorded)
+            head = seq.sub(lambda m, n=n: f'"sequence_num":{int(m.group(1)) + n}', head, 1)
+            frames.append((ts, head + tail))
+    products = ["BTC-USD", "ETH-USD"]
+    routes = {PRODUCTS_PATH: cap.routes()[PRODUCTS_PATH]}
+
+    def config(fx: FakeExchange | None) -> FeedConfig:
+        return FeedConfig(
+            symbols=products,
+            ws_url=fx.ws_url if fx else None,
+            rest_url=fx.rest_url if fx else None,
+            ping_interval_s=None,
+            poll_interval_s=0,
+        )
+
+    def make(fx: FakeExchange) -> ExchangeInterface:
+        return CoinbaseExchange(config(fx), use_env_credentials=False)
+
+    def offline() -> ExchangeInterface:
+        ex = CoinbaseExchange(config(None), use_env_credentials=False)
+        insts = ex.instruments_from_products(routes[PRODUCTS_PATH])
+        ex.instruments = {i.wire_symbol.upper(): i for i in insts}
+        ex.on_connected()
+        return ex
+
+    out = await playback(make, offline, routes, frames, wait_for=3)
+    out["snapshot_levels"] = 46000 + 23334
+    return out
+
+
 BENCHMARKS: dict[str, Callable[[int], Coroutine[Any, Any, dict[str, float]]]] = {
+    "coinbase": bench_coinbase,
     "kraken": bench_kraken,
     "kraken_futures": bench_kraken_futures,
     "kucoin": bench_kucoin,

@@ -113,6 +113,9 @@ class WsScript:
     """Close the socket after sending this many frames (a disconnect mid-stream)."""
     linger: bool = True
     """After the last frame keep the socket open (until the client closes)."""
+    reply: Callable[[str], Sequence[str]] | None = None
+    """Called with each client frame after the first ``wait_for``; the frames it returns
+    are sent at once (a venue answering a resubscribe with a fresh snapshot)."""
 
 
 @dataclass
@@ -211,7 +214,11 @@ class FakeExchange:
         async def reader() -> None:
             with contextlib.suppress(websockets.exceptions.ConnectionClosed):
                 async for msg in ws:
-                    received.append(msg if isinstance(msg, str) else msg.decode())
+                    text = msg if isinstance(msg, str) else msg.decode()
+                    received.append(text)
+                    if script.reply is not None and len(received) > script.wait_for:
+                        for out in script.reply(text):
+                            await ws.send(out)
 
         read_task = asyncio.ensure_future(reader())
         try:
