@@ -565,6 +565,21 @@ def test_malformed_frames(products_body: str, frames: list[str]) -> None:
     with pytest.raises(BookInvalid, match="bad level"):
         ex.on_frame(json.dumps(bad), 0)
     assert not ex.books[bad["events"][0]["product_id"]].synced
+    # two events in one frame, the second invalid: the first book changed without being
+    # emitted, so every book is rebuilt (no symbol: Connectivity(resync) for all)
+    ex.on_connected()
+    feed(ex, frames[:30])
+    assert all(b.synced for b in ex.books.values())
+    good, worse = json.loads(frames[30]), json.loads(frames[30])
+    worse["events"][0]["product_id"] = (
+        "ETH-USD" if good["events"][0]["product_id"] == "BTC-USD" else "BTC-USD"
+    )
+    worse["events"][0]["updates"][0]["side"] = "middle"
+    good["events"].append(worse["events"][0])
+    with pytest.raises(BookInvalid, match="side 'middle'") as raised:
+        ex.on_frame(json.dumps(good), 0)
+    assert raised.value.symbol == ""
+    assert not any(b.synced for b in ex.books.values())
 
 
 # ---------------------------------------------------------------------------------------

@@ -714,10 +714,19 @@ class CoinbaseExchange(ExchangeInterface):
                 if wire is None:
                     continue  # a product we did not subscribe to
             book = self.books[wire]
-            if ev.type == "snapshot":
-                out.append(self._l2_snapshot(book, ev, env, seq, ts_recv))
-            elif book.synced:
-                out.append(self._l2_update(book, ev, env, seq, ts_recv))
+            try:
+                if ev.type == "snapshot":
+                    out.append(self._l2_snapshot(book, ev, env, seq, ts_recv))
+                elif book.synced:
+                    out.append(self._l2_update(book, ev, env, seq, ts_recv))
+            except BookInvalid as exc:
+                if not out:
+                    raise
+                # earlier events of this frame changed books but will not be emitted:
+                # those books are no longer what the journal says, so rebuild them all
+                for b in self.books.values():
+                    b.synced = False
+                raise BookInvalid(EXCHANGE, exc.message) from None
         return out
 
     def _levels(
