@@ -101,14 +101,20 @@ def bench_lag(base: KafkaConfig, rate: int, seconds: float, journal_dsn: str) ->
             producer.flush(60)
 
     journal = open_journal(journal_dsn)
-    consumer = EventConsumer(cfg, f"lag-{secrets.token_hex(3)}", ["trades"], assign=True)
+    consumer = EventConsumer(
+        cfg,
+        f"lag-{secrets.token_hex(3)}",
+        ["trades"],
+        assign=True,
+        overrides={"fetch.wait.max.ms": 10},
+    )
     producer_thread = threading.Thread(target=produce)
     producer_thread.start()
     got = 0
     t_end = time.monotonic() + seconds + 30
     try:
         while got < total and time.monotonic() < t_end:
-            batch = consumer.poll_batch(2000, 0.05)
+            batch = consumer.poll_batch(20_000, 0.02)
             if not batch.offsets:
                 continue
             events = [c.event for c in batch]

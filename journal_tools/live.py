@@ -125,7 +125,7 @@ class FeedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class LiveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``tickerml live --config FILE``; see ``config/live.example.yaml``."""
+    """``tickerml live --config FILE``; see ``docs/live.example.yaml``."""
 
     journal: str = "sqlite:///var/journal.db"
     feeds: list[FeedSpec] = msgspec.field(default_factory=list)
@@ -169,6 +169,10 @@ def load_live_config(path: str | Path) -> LiveConfig:
 DEFAULT_ADAPTERS = {
     "BINANCE": "adapters.exchanges.binance:BinanceSpot",
     "BINANCEUS": "adapters.exchanges.binance:BinanceUS",
+    "COINBASE": "adapters.exchanges.coinbase:CoinbaseExchange",
+    "KRAKEN": "adapters.exchanges.kraken:KrakenExchange",
+    "KRAKENF": "adapters.exchanges.kraken:KrakenFuturesExchange",
+    "KUCOIN": "adapters.exchanges.kucoin:KucoinSpot",
 }
 """Where an exchange id has several adapters (spot and futures), the default one; a feed
 picks another with ``adapter: module:Class``."""
@@ -581,6 +585,7 @@ def run_live(
         _seek(kconsumer, kernel.offsets)
     else:
         kernel.start()
+        _seek_time(kconsumer, kernel.input_from // 1_000_000 - 60_000)
     sink = EventConsumer(
         kafka, f"{live.group}-journal", INPUT_TOPICS, assign=True, overrides=overrides
     )
@@ -663,6 +668,30 @@ def _seek(consumer: EventConsumer, offsets: dict[tuple[str, int], int]) -> None:
                 tp.topic, tp.partition, offsets.get((tp.topic, tp.partition), OFFSET_BEGINNING)
             )
             for tp in parts
+        ]
+    )
+
+
+def _seek_time(consumer: EventConsumer, ts_ms: int) -> None:
+    """Start a new session's kernel at the first message produced at or after ``ts_ms``
+    (a minute before the session starts); where the broker cannot say (Tansu answers 0),
+    that is the beginning, and older messages are skipped by time anyway."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
+
+    parts = consumer.partitions()
+    try:
+        found = consumer.client.offsets_for_times(
+            [TopicPartition(tp.topic, tp.partition, ts_ms) for tp in parts], timeout=10
+        )
+    except KafkaException as exc:
+        log.warning("offsets_for_times_failed", error=str(exc))
+        found = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in parts]
+    consumer.client.assign(
+        [
+            TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+            if tp.error is None
+            else TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
+            for tp in found
         ]
     )
 

@@ -342,3 +342,24 @@ def test_same_message_twice_is_one_row_and_one_input(
         assert kernel.engine.events_in == 0  # still held by the synchronizer
         kernel.finish()
         assert kernel.engine.events_in == 1
+
+
+def test_example_config_parses_and_names_real_adapters() -> None:
+    from journal_tools.live import LiveError, adapter_class, load_live_config
+
+    live = load_live_config(REPO / "docs" / "live.example.yaml")
+    assert [(f.exchange, f.symbols) for f in live.feeds] == [
+        ("BINANCE", ["BTCUSDT", "ETHUSDT"]),
+        ("KRAKEN", ["BTC/USD"]),
+    ]
+    assert adapter_class("BINANCE").__name__ == "BinanceSpot"
+    assert adapter_class("KRAKEN").__name__ == "KrakenExchange"  # v2, not v1
+    assert {adapter_class(x).exchange for x in ("COINBASE", "KUCOIN", "KRAKENF")} == {
+        "COINBASE",
+        "KUCOIN",
+        "KRAKENF",
+    }
+    with pytest.raises(LiveError, match="no exchange adapter for 'NOPE'"):
+        adapter_class("NOPE")
+    with pytest.raises(LiveError, match="feeds` is empty"):
+        LiveConfig(feeds=[])
