@@ -1060,7 +1060,12 @@ class ExchangeInterface(ABC):
                     self.backoff.reset()
                     stable_at = -1.0
                 if now >= next_ping:
-                    ping = self.ping_frame()
+                    try:
+                        ping = self.ping_frame()
+                    except ExchangeError as exc:  # the keep-alive failed (e.g. no pong)
+                        why[0] = f"ping: {exc}"
+                        await ws.close()
+                        return
                     if ping is not None:
                         await ws.send(ping)
                     next_ping = now + ping_every
