@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Self
 
+import msgspec
 import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -87,15 +88,16 @@ from kernel.config import KafkaConfig
 from kernel.events import (
     AnyEvent,
     Event,
-    EventDecodeError,
     MarketEvent,
-    decode,
+    decoder,
     encode,
     event_id,
     kind_of,
 )
 
 log = structlog.get_logger(__name__)
+
+_DECODE = decoder().decode
 
 TOPIC_OF_KIND: Mapping[str, str] = {
     "BookSnapshot": "orderbooks",
@@ -486,7 +488,7 @@ class EventProducer:
 # -- consumer ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConsumedEvent:
     """A decoded event with its Kafka coordinates and its id (from the ``event_id``
     header, else computed)."""
@@ -641,34 +643,40 @@ class EventConsumer:
     @staticmethod
     def _decode(msg: Message) -> tuple[ConsumedEvent | None, str]:
         payload = msg.value()
-        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
         if payload is None:
-            return None, f"{where}: empty payload"
+            return None, f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: empty payload"
         try:
-            event = decode(payload)
-        except EventDecodeError as exc:
+            event = _DECODE(payload)
+        except msgspec.DecodeError as exc:
+            where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
             return None, f"{where}: payload does not decode: {exc}"
-        kind = kind_of(event)
-        headers = _msg_headers(msg)
-        header_kind = _header(headers, KIND_HEADER)
+        kind = event.__struct_config__.tag
+        header_kind: bytes | None = None
+        eid: bytes | None = None
+        raw: Any = msg.headers() or ()
+        for key, value in raw.items() if isinstance(raw, dict) else raw:
+            if key == EVENT_ID_HEADER:
+                eid = value.encode() if isinstance(value, str) else value
+            elif key == KIND_HEADER:
+                header_kind = value.encode() if isinstance(value, str) else value
         if header_kind is not None and header_kind.decode("utf-8", "replace") != kind:
+            where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
             return None, f"{where}: kind header {header_kind!r} but the payload is a {kind}"
-        eid = _header(headers, EVENT_ID_HEADER)
         if eid is None:
             eid = event_id(event)
         elif len(eid) != 16:
+            where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
             return None, f"{where}: event_id header has {len(eid)} bytes, expected 16"
-        _, ts_ms = msg.timestamp()
         return (
             ConsumedEvent(
-                event=event,
-                event_id=eid,
-                kind=kind,
-                topic=msg.topic() or "",
-                partition=msg.partition() or 0,
-                offset=msg.offset() or 0,
-                key=msg.key(),
-                timestamp_ms=ts_ms,
+                event,
+                eid,
+                str(kind),
+                msg.topic() or "",
+                msg.partition() or 0,
+                msg.offset() or 0,
+                msg.key(),
+                msg.timestamp()[1],
             ),
             "",
         )

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import secrets
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -74,6 +74,20 @@ def bench_producer(base: KafkaConfig, n: int, compression: str) -> dict[str, flo
     }
 
 
+def paced_producer(cfg: KafkaConfig, total: int, rate: int) -> None:
+    """Produce ``total`` trades at ``rate`` msgs/s, each stamped with its produce time."""
+    with EventProducer(cfg) as producer:
+        start = time.perf_counter()
+        for i in range(total):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0.0005:
+                time.sleep(delay)
+            producer.produce(trade(i, time.time_ns()))
+            if i % 100 == 0:
+                producer.poll(0)
+        producer.flush(60)
+
+
 def bench_lag(base: KafkaConfig, rate: int, seconds: float, journal_dsn: str) -> dict[str, object]:
     cfg = KafkaConfig(
         bootstrap_servers=base.bootstrap_servers,
@@ -84,21 +98,6 @@ def bench_lag(base: KafkaConfig, rate: int, seconds: float, journal_dsn: str) ->
     create_topics(cfg)
     total = int(rate * seconds)
     lags: list[int] = []
-    done = threading.Event()
-
-    def produce() -> None:
-        with EventProducer(cfg) as producer:
-            start = time.perf_counter()
-            for i in range(total):
-                due = start + i / rate
-                delay = due - time.perf_counter()
-                if delay > 0.0005:
-                    time.sleep(delay)
-                now = time.time_ns()
-                producer.produce(trade(i, now))
-                if i % 100 == 0:
-                    producer.poll(0)
-            producer.flush(60)
 
     journal = open_journal(journal_dsn)
     consumer = EventConsumer(
@@ -108,8 +107,12 @@ def bench_lag(base: KafkaConfig, rate: int, seconds: float, journal_dsn: str) ->
         assign=True,
         overrides={"fetch.wait.max.ms": 10},
     )
-    producer_thread = threading.Thread(target=produce)
-    producer_thread.start()
+    # the producer is another process, as the collectors are in production (no GIL
+    # shared with the sink)
+    producer_proc = multiprocessing.get_context("spawn").Process(
+        target=paced_producer, args=(cfg, total, rate)
+    )
+    producer_proc.start()
     got = 0
     t_end = time.monotonic() + seconds + 30
     try:
@@ -125,8 +128,7 @@ def bench_lag(base: KafkaConfig, rate: int, seconds: float, journal_dsn: str) ->
             lags.extend(appended - e.ts_recv for e in events)
             got += len(events)
     finally:
-        done.set()
-        producer_thread.join()
+        producer_proc.join(60)
         consumer.close()
         journal.close()
     lags.sort()
