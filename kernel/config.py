@@ -238,11 +238,15 @@ class ExchangeConfig(_Config, frozen=True):
     the instrument's quote currency) is at least this is flagged large
     (kernel/trades.py); ``None``: never. ``large_trade_notional_by_symbol`` overrides it
     per normalised symbol (``BTC-USDT-PERP``). Decimal text (``"250000"``) or an
-    integer; floats are refused so that no threshold is rounded."""
+    integer; floats are refused so that no threshold is rounded. ``rest_weights``: REST
+    endpoint -> request weight for the exchange adapters' rate limiter, overriding the
+    adapter's own table (names as the adapter uses them, e.g. Binance
+    ``/api/v3/depth?limit=1000``)."""
 
     enabled: bool = True
     latency: LatencyProfile = msgspec.field(default_factory=LatencyProfile)
     rest_weight_per_minute: int = 1200
+    rest_weights: dict[str, float] = msgspec.field(default_factory=dict)
     large_trade_notional: str | int | None = None
     large_trade_notional_by_symbol: dict[str, str | int] = msgspec.field(default_factory=dict)
 
