@@ -46,7 +46,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import importlib
 import signal
 import threading
 import time
@@ -59,7 +58,9 @@ import structlog
 import yaml
 
 from adapters.config_loader import redacted
+from adapters.exchanges import registry
 from adapters.exchanges.base import ExchangeInterface, FeedConfig
+from adapters.exchanges.registry import AdapterNotFound
 from adapters.journal import open_journal
 from adapters.journal.base import (
     Journal,
@@ -104,7 +105,6 @@ CONNECTIVITY_STREAM = "sys.CONNECTIVITY"
 """Link up/down/resync events: journaled for audits and data quality, not kernel inputs."""
 
 INPUT_TOPICS = ("orderbooks", "trades", "funding", "news", "system")
-VENUE_MODULES = ("binance", "coinbase", "kraken", "kucoin")
 
 
 class LiveError(RuntimeError):
@@ -166,52 +166,12 @@ def load_live_config(path: str | Path) -> LiveConfig:
         raise LiveError(f"live config {p}: {exc}") from exc
 
 
-DEFAULT_ADAPTERS = {
-    "BINANCE": "adapters.exchanges.binance:BinanceSpot",
-    "BINANCEUS": "adapters.exchanges.binance:BinanceUS",
-    "COINBASE": "adapters.exchanges.coinbase:CoinbaseExchange",
-    "KRAKEN": "adapters.exchanges.kraken:KrakenExchange",
-    "KRAKENF": "adapters.exchanges.kraken:KrakenFuturesExchange",
-    "KUCOIN": "adapters.exchanges.kucoin:KucoinSpot",
-}
-"""Where an exchange id has several adapters (spot and futures), the default one; a feed
-picks another with ``adapter: module:Class``."""
-
-
 def adapter_class(exchange: str, adapter: str | None = None) -> type[ExchangeInterface]:
-    """The adapter of a feed: ``adapter`` (``module:Class``) if given, else the default
-    for ``exchange``, else the one adapter whose ``exchange`` id it is."""
-    path = adapter or DEFAULT_ADAPTERS.get(exchange.upper())
-    if path:
-        mod_name, _, cls_name = path.partition(":")
-        try:
-            obj = getattr(importlib.import_module(mod_name), cls_name)
-        except (ImportError, AttributeError) as exc:
-            raise LiveError(f"feed adapter {path!r} cannot be loaded: {exc}") from exc
-        if not (isinstance(obj, type) and issubclass(obj, ExchangeInterface)):
-            raise LiveError(f"feed adapter {path!r} is not an ExchangeInterface")
-        return obj
-    found: list[type[ExchangeInterface]] = []
-    for mod_name in VENUE_MODULES:
-        try:
-            mod = importlib.import_module(f"adapters.exchanges.{mod_name}")
-        except ModuleNotFoundError:
-            continue
-        for obj in vars(mod).values():
-            if (
-                isinstance(obj, type)
-                and issubclass(obj, ExchangeInterface)
-                and obj is not ExchangeInterface
-                and getattr(obj, "exchange", None) == exchange.upper()
-                and not getattr(obj, "__abstractmethods__", None)
-            ):
-                found.append(obj)
-    if not found:
-        raise LiveError(f"no exchange adapter for {exchange!r} (modules: {VENUE_MODULES})")
-    if len(found) > 1:
-        names = ", ".join(sorted(f"{c.__module__}:{c.__name__}" for c in found))
-        raise LiveError(f"several adapters for {exchange!r} ({names}): name one with `adapter:`")
-    return found[0]
+    """:func:`adapters.exchanges.registry.adapter_class`, errors as :class:`LiveError`."""
+    try:
+        return registry.adapter_class(exchange, adapter)
+    except AdapterNotFound as exc:
+        raise LiveError(str(exc)) from exc
 
 
 def input_stream(event: Event) -> str | None:

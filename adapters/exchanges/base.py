@@ -743,6 +743,10 @@ class ExchangeInterface(ABC):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_snapshots: set[str] = set()
         self._sink: EventSink | None = None
+        self.raw_capture: Callable[[dict[str, Any]], None] | None = None
+        """If set, called with every raw frame, subscribe frame, connect and REST response
+        as a cryptofeed-style capture row (``{"t": "recv", "ts": ..., "data": ...}``), so a
+        recording can be played back by :mod:`adapters.exchanges.fake`."""
         self.outbox: list[str] = []
         """Frames for the venue (pongs, resubscribes) sent after the current frame."""
 
@@ -867,6 +871,16 @@ class ExchangeInterface(ABC):
                 self.exchange, f"{method} {url} -> HTTP {resp.status_code}: {resp.text[:200]}"
             )
         body: bytes = resp.content
+        if self.raw_capture is not None:
+            self.raw_capture(
+                {
+                    "t": "http",
+                    "conn": f"{self.exchange}.http",
+                    "ts": time.time(),
+                    "url": str(resp.url),
+                    "data": body.decode("utf-8", "replace"),
+                }
+            )
         return body
 
     # -- the loop ----------------------------------------------------------------------
@@ -983,7 +997,13 @@ class ExchangeInterface(ABC):
                         poller = None
                     self.on_connected()
                     await self._emit(self.connectivity("up", "connected"))
+                    cap = self.raw_capture
+                    conn = f"{self.exchange}.ws.{self.stats.connects}"
+                    if cap is not None:
+                        cap({"t": "connect", "conn": conn, "ts": time.time(), "addr": url})
                     for frame in self.subscribe_frames():
+                        if cap is not None:
+                            cap({"t": "send", "conn": conn, "ts": time.time(), "data": frame})
                         await ws.send(frame)
                     reason = await self._read(ws)
                     if reason == "rollover":
@@ -1097,6 +1117,16 @@ class ExchangeInterface(ABC):
         are counted and skipped."""
         self.stats.frames += 1
         self.stats.bytes += len(frame)
+        if self.raw_capture is not None:
+            text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+            self.raw_capture(
+                {
+                    "t": "recv",
+                    "conn": f"{self.exchange}.ws.{self.stats.connects}",
+                    "ts": ts_recv / 1e9,
+                    "data": text,
+                }
+            )
         try:
             events = self.on_frame(frame, ts_recv)
         except MalformedMessage as exc:
