@@ -31,6 +31,7 @@ import pytest
 
 from adapters.exchanges.base import (
     AuthError,
+    BookInvalid,
     ChecksumMismatch,
     Diff,
     FeedConfig,
@@ -565,6 +566,15 @@ def test_book_ticker_disagreeing_with_the_book_is_a_checksum_mismatch() -> None:
     with pytest.raises(ChecksumMismatch, match="bookTicker u=12"):
         spot.on_frame(json.dumps({"stream": "btcusdt@depth@100ms", "data": diff}), 4)
     assert not spot.books["BTCUSDT"].synced  # reset: the resync starts from a snapshot
+    # a snapshot disagreeing with a ticker already queued at its id is refused as a whole
+    spot.on_frame(json.dumps({"stream": "btcusdt@bookTicker", "data": dict(ticker, u=20)}), 5)
+    with pytest.raises(BookInvalid, match="bookTicker u=20"):
+        spot.apply_snapshot(
+            "BTCUSDT",
+            '{"lastUpdateId": 20, "bids": [["100.00", "1.4"]], "asks": [["100.02", "2"]]}',
+            6,
+        )
+    assert not spot.books["BTCUSDT"].synced
 
 
 # ---------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ from adapters.exchanges.base import (
     PRIORITY_POLL,
     AuthError,
     BadResponse,
+    BookInvalid,
     BufferedBook,
     ChecksumMismatch,
     Diff,
@@ -389,9 +390,9 @@ class BinanceBase(ExchangeInterface):
         """bookTicker frames whose update id the local book never stopped at."""
         self.server_shutdowns = 0
         self.unrepresentable = 0
-        self._warned: set[tuple[str, str]] = set()
         """Levels, trades and tickers left out: a value finer than the instrument's
         precision (an order from before a tick/step change)."""
+        self._warned: set[tuple[str, str]] = set()
         if self.trade_stream not in ("aggTrade", "trade"):
             raise ValueError(f"trade_stream must be aggTrade or trade, not {self.trade_stream}")
 
@@ -675,7 +676,12 @@ class BinanceBase(ExchangeInterface):
         ts_event = (snap.T or snap.E) * MS if (snap.T or snap.E) else ts_recv
         events = book.on_snapshot(snap.lastUpdateId, bids, asks, ts_event, ts_recv)
         if self._pending_tickers.get(book.inst.wire_symbol.upper()):
-            self._check_bbo(book, self._current_id(book))
+            try:
+                self._check_bbo(book, self._current_id(book))
+            except ChecksumMismatch as exc:
+                # nothing of this snapshot is emitted; the snapshot task journals the
+                # resync and fetches another (a ChecksumMismatch would end that task)
+                raise BookInvalid(self.exchange, exc.message, book.inst.symbol) from exc
         return events
 
     # -- frames --------------------------------------------------------------------------
