@@ -108,7 +108,11 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 
 def _journal(args: argparse.Namespace, config: AppConfig) -> Journal:
-    dsn = getattr(args, "journal", None) or config.timescale.dsn
+    from adapters.journal.postgres import with_layout_options
+
+    t = config.timescale
+    dsn = getattr(args, "journal", None) or t.dsn
+    dsn = with_layout_options(dsn, t.layout, t.hot_days, t.retention_days)
     return open_journal(dsn)
 
 

@@ -143,10 +143,19 @@ class TradingConfig(_Config, frozen=True):
 
 
 class JournalConfig(_Config, frozen=True):
-    """config/timescale.yaml: where the journal lives (env TICKERML_JOURNAL_DSN wins)."""
+    """config/timescale.yaml: where the journal lives (env TICKERML_JOURNAL_DSN wins).
+
+    For PostgreSQL, how a journal created there is laid out (docs/storage.md):
+    ``layout`` ``auto`` (TimescaleDB where the extension can be used, else native day
+    partitions), ``timescaledb``, ``partitioned`` or ``plain``; with TimescaleDB, chunks
+    older than ``hot_days`` are compressed and, when ``retention_days`` > 0, dropped once
+    older than that. A DSN's own ``layout``, ``hot_days``, ``retention_days`` win."""
 
     dsn: str = "sqlite:///tickerml.db"
     batch_size: int = 5_000
+    layout: Literal["auto", "timescaledb", "partitioned", "plain"] = "auto"
+    hot_days: int = 7
+    retention_days: int = 0
 
 
 class KafkaConfig(_Config, frozen=True):

@@ -7,6 +7,7 @@ and is skipped when no PostgreSQL server is reachable.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -210,7 +211,12 @@ def test_open_journal_with_schema_and_reopen_continues(pg_dsn: str, pg_schema: s
         assert [r.seq for r in records] == [1, 2, 3, 4]
         assert records[3].prev_hash == records[2].hash
         assert j.verify(BTC) == VerifyReport(stream=BTC, ok=True, rows=4)
-    assert _raw(pg_dsn, pg_schema, "SELECT key, value FROM meta") == [("schema_version", "1")]
+        layout = j.layout
+    assert layout in ("partitioned", "timescaledb")  # a new journal is never plain
+    assert sorted(_raw(pg_dsn, pg_schema, "SELECT key, value FROM meta")) == [
+        ("layout", layout),
+        ("schema_version", "2"),
+    ]
 
 
 def test_schema_version_mismatch_and_foreign_schema(pg_dsn: str, pg_schema: str) -> None:
@@ -246,11 +252,12 @@ def test_verify_detects_tampering(journal: PostgresJournal, pg_dsn: str, pg_sche
     )
     _raw(pg_dsn, pg_schema, "DELETE FROM events WHERE seq <= 2 OR seq >= 4")
     (r3,) = journal.read(BTC)
+    # a thorough forger also rewrites the stored prev_hash (partitioned layouts store it)
     _raw(
         pg_dsn,
         pg_schema,
-        "UPDATE events SET seq = 1, hash = %s WHERE seq = 3",
-        (chain_hash(bytes(32), r3.event_id, r3.payload),),
+        "UPDATE events SET seq = 1, hash = %s, prev_hash = %s WHERE seq = 3",
+        (chain_hash(bytes(32), r3.event_id, r3.payload), bytes(32)),
     )
     assert journal.verify(BTC) == VerifyReport(
         stream=BTC,
@@ -294,7 +301,8 @@ def test_range_reads_walk_the_canonical_index(journal: PostgresJournal) -> None:
             params,
         ).fetchall()
     text = "\n".join(r[0] for r in plan)
-    assert "events_canonical" in text
+    # the partition's (events_pYYYYMMDD_canonical) or chunk's copy of events_canonical
+    assert re.search(r"events(_p\d{8})?_canonical", text), text
     assert "Sort" not in text
 
 
@@ -346,3 +354,218 @@ def test_split_dsn() -> None:
     )
     assert postgres_backend.split_dsn("postgresql://u@h/db") == ("postgresql://u@h/db", None)
     assert postgres_backend.split_dsn("host=h dbname=db") == ("host=h dbname=db", None)
+
+
+# ---------------------------------------------------------------------------------------
+# Layouts: day partitions, TimescaleDB, the old unpartitioned table
+# ---------------------------------------------------------------------------------------
+
+DAY = postgres_backend.DAY_NS
+JAN1 = 1_735_689_600 * 1_000_000_000  # 2025-01-01T00:00:00Z
+
+
+def _rows_per_partition(dsn: str, schema: str) -> dict[str, int]:
+    return dict(
+        _raw(dsn, schema, "SELECT tableoid::regclass::text, count(*) FROM events GROUP BY 1")
+    )
+
+
+def _leaf_partitions(dsn: str, schema: str) -> list[str]:
+    return sorted(
+        r[0]
+        for r in _raw(
+            dsn,
+            schema,
+            "SELECT relid::regclass::text FROM pg_partition_tree('events') WHERE isleaf",
+        )
+    )
+
+
+def test_batch_spanning_three_days_lands_in_three_day_partitions(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    with PostgresJournal(pg_dsn, schema=pg_schema, layout="partitioned") as j:
+        assert j.layout == "partitioned"
+        # 40 events (COPY path): 10 on Jan 1 (the last at 23:59:59.999999999), 20 on Jan 2,
+        # 10 on Jan 3 (the first at 00:00:00 exactly); ts_event = ts - 10 ns (see delta)
+        times = [JAN1 + DAY - 10 * 60 * 10**9 + n * 60 * 10**9 for n in range(10)]
+        times[-1] = JAN1 + DAY - 1 + 10
+        times += [JAN1 + DAY + 10 + n * 3_600 * 10**9 for n in range(20)]
+        times += [JAN1 + 2 * DAY + 10 + n * 10**9 for n in range(10)]
+        batch = [delta(n + 1, ts) for n, ts in enumerate(times)]
+        assert j.append(BTC, batch) == list(range(1, 41))
+        assert _leaf_partitions(pg_dsn, pg_schema) == [
+            "events_p20250101",
+            "events_p20250102",
+            "events_p20250103",
+        ]
+        assert _rows_per_partition(pg_dsn, pg_schema) == {
+            "events_p20250101": 10,
+            "events_p20250102": 20,
+            "events_p20250103": 10,
+        }
+        # duplicates, again across the three days, in a big and a small batch: one row each
+        assert j.append(BTC, batch[::-1]) == list(range(40, 0, -1))
+        assert j.append(ETH, [batch[0], batch[15], batch[39], delta(99, JAN1 + 3 * DAY + 10)]) == [
+            1,
+            16,
+            40,
+            1,
+        ]
+        assert _rows_per_partition(pg_dsn, pg_schema) == {
+            "events_p20250101": 10,
+            "events_p20250102": 20,
+            "events_p20250103": 10,
+            "events_p20250104": 1,
+        }
+        records = list(j.read(BTC))
+        assert [r.payload for r in records] == [encode(e) for e in batch]
+        assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(records))
+        assert [r.seq for r in j.read_range()] == [*range(1, 41), 1]  # canonical order
+        assert j.verify(BTC) == VerifyReport(stream=BTC, ok=True, rows=40)
+        # the unique index holds (event_id, id_ts); id_ts is the id's time prefix, so a
+        # row whose id_ts was edited is reported (it would sit in the wrong partition)
+        _raw(pg_dsn, pg_schema, "UPDATE events SET id_ts = id_ts + 1 WHERE seq = 7 AND sid = 1")
+        report = j.verify(BTC)
+        assert (report.ok, report.first_bad_seq) == (False, 7)
+        assert "is not the time prefix of its event id" in report.reason
+
+
+def test_a_partition_dropped_behind_the_journals_back_is_created_again(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    with PostgresJournal(pg_dsn, schema=pg_schema, layout="partitioned") as j:
+        j.append(BTC, [delta(1, JAN1 + 10)])
+        _raw(pg_dsn, pg_schema, "DROP TABLE events_p20250101")  # the journal still believes in it
+        assert j.append(ETH, [delta(2, JAN1 + 20)]) == [1]
+        assert _rows_per_partition(pg_dsn, pg_schema) == {"events_p20250101": 1}
+
+
+def test_partition_creation_does_not_wait_for_a_long_reader(pg_dsn: str, pg_schema: str) -> None:
+    """A replay holding its snapshot (and locks on every partition) does not stop an
+    append from creating the next day's partition."""
+    with PostgresJournal(pg_dsn, schema=pg_schema, layout="partitioned") as j:
+        j.append(BTC, [delta(n, JAN1 + 100 + n) for n in range(1, 40)])
+        reader = j.read_range()
+        next(reader)  # the read's transaction is open, holding its locks
+        with PostgresJournal(pg_dsn, schema=pg_schema) as writer:
+            writer._writer().execute("SET lock_timeout = '2s'")
+            assert writer.append(BTC, [delta(40, JAN1 + DAY + 50)]) == [40]
+        assert len(list(reader)) == 38  # still its own snapshot
+        assert _leaf_partitions(pg_dsn, pg_schema) == ["events_p20250101", "events_p20250102"]
+
+
+def test_a_journal_created_before_layouts_is_kept_as_it_is(pg_dsn: str, pg_schema: str) -> None:
+    """Schema version 1 (one unpartitioned events table, as the code before layouts made
+    it) opens in the plain layout and is written and read as before."""
+    _raw(pg_dsn, "public", f"CREATE SCHEMA {pg_schema}")
+    for stmt in (*postgres_backend._COMMON_SCHEMA, *postgres_backend._PLAIN_EVENTS):
+        _raw(pg_dsn, pg_schema, stmt)
+    _raw(pg_dsn, pg_schema, "INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+    with PostgresJournal(pg_dsn, schema=pg_schema) as j:
+        assert j.layout == "plain"
+        assert j.append(BTC, [delta(n, JAN1 + n * DAY) for n in range(1, 21)]) == list(range(1, 21))
+        assert j.append(BTC, [delta(3, JAN1 + 3 * DAY)]) == [3]
+        records = list(j.read(BTC))
+        assert records[5].prev_hash == records[4].hash
+        assert j.verify(BTC) == VerifyReport(stream=BTC, ok=True, rows=20)
+    assert _raw(pg_dsn, pg_schema, "SELECT key, value FROM meta") == [("schema_version", "1")]
+    # an ordinary table ("r"), not a partitioned one ("p")
+    relkind = "SELECT relkind FROM pg_class WHERE oid = 'events'::regclass"
+    assert _raw(pg_dsn, pg_schema, relkind) == [("r",)]
+    with pytest.raises(JournalError, match="holds a journal of layout plain, not partitioned"):
+        PostgresJournal(pg_dsn, schema=pg_schema, layout="partitioned")
+
+
+def test_layout_options_from_the_dsn_and_the_config() -> None:
+    dsn = "postgresql://u@h/db?schema=s&layout=partitioned&hot_days=3&sslmode=disable"
+    libpq, options = postgres_backend.take_dsn_options(dsn)
+    assert libpq == "postgresql://u@h/db?sslmode=disable"
+    assert options == {"schema": "s", "layout": "partitioned", "hot_days": "3"}
+    assert (
+        postgres_backend.with_layout_options("postgresql://u@h/db?hot_days=3", "auto", 7, 90)
+        == "postgresql://u@h/db?hot_days=3&layout=auto&retention_days=90"
+    )
+    assert postgres_backend.with_layout_options("sqlite:///x.db", "auto", 7, 0) == "sqlite:///x.db"
+    with pytest.raises(JournalError, match="layout 'sharded' is not one of"):
+        PostgresJournal("postgresql://u@127.0.0.1:1/db?layout=sharded")
+
+
+def _timescale_dsn(pg_dsn: str) -> str | None:
+    """A server where TimescaleDB can be used: ``TICKERML_TEST_TIMESCALE_DSN`` (e.g. the
+    PGlite recipe in docs/storage.md), else the test server if it has the extension."""
+    import os
+
+    env = os.environ.get("TICKERML_TEST_TIMESCALE_DSN")
+    if env:
+        return env
+    found = _raw(
+        pg_dsn, "public", "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    )
+    return pg_dsn if found else None
+
+
+def test_timescaledb_layout_hypertable_chunks_and_policies(pg_dsn: str, pg_schema: str) -> None:
+    dsn = _timescale_dsn(pg_dsn)
+    if dsn is None:
+        pytest.skip(
+            "TimescaleDB not available: the test server has no timescaledb extension "
+            "(pg_available_extensions) and TICKERML_TEST_TIMESCALE_DSN is not set; the "
+            "partitioned layout is tested instead (docs/storage.md: testing the "
+            "TimescaleDB path with PGlite)"
+        )
+    url = f"{dsn}{'&' if '?' in dsn else '?'}schema={pg_schema}&hot_days=3&retention_days=30"
+    # Small batches (the INSERT path) and reads inside transaction() use the one writer
+    # connection: PGlite serves one connection at a time and has no COPY.
+    with PostgresJournal(url) as j:
+        assert j.layout == "timescaledb"
+        batch = [delta(n, JAN1 + n * DAY // 2 + 10) for n in range(6)]  # 3 days, 2 per day
+        assert j.append(BTC, batch) == list(range(1, 7))
+        assert j.append(BTC, batch[:3]) == [1, 2, 3]  # duplicates: one row each
+        with j.transaction():
+            assert [r.payload for r in j.read(BTC)] == [encode(e) for e in batch]
+            assert j.verify(BTC) == VerifyReport(stream=BTC, ok=True, rows=6)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        chunks = conn.execute(
+            "SELECT range_start_integer, range_end_integer FROM timescaledb_information.chunks "
+            "WHERE hypertable_schema = %s AND hypertable_name = 'events' ORDER BY 1",
+            (pg_schema,),
+        ).fetchall()
+        assert chunks == [(JAN1 + d * DAY, JAN1 + (d + 1) * DAY) for d in range(3)]
+        settings = conn.execute(
+            "SELECT attname, segmentby_column_index, orderby_column_index "
+            "FROM timescaledb_information.compression_settings WHERE hypertable_schema = %s "
+            "ORDER BY attname",
+            (pg_schema,),
+        ).fetchall()
+        # TimescaleDB adds the time column to the order by itself
+        assert settings == [("id_ts", None, 2), ("seq", None, 1), ("sid", 1, None)]
+        jobs = conn.execute(
+            "SELECT proc_name, config FROM timescaledb_information.jobs "
+            "WHERE hypertable_schema = %s ORDER BY proc_name",
+            (pg_schema,),
+        ).fetchall()
+        assert [
+            (name, config.get("compress_after"), config.get("drop_after")) for name, config in jobs
+        ] == [
+            ("policy_compression", 3 * DAY, None),
+            ("policy_retention", None, 30 * DAY),
+        ]
+        # warm data compressed (what the policy does after hot_days), then re-delivered
+        row = conn.execute(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension "
+            "WHERE extname = 'timescaledb'"
+        ).fetchone()
+        assert row is not None
+        ts = row[0]
+        conn.execute(
+            f"SELECT {ts}.compress_chunk(c) FROM {ts}.show_chunks(%s::regclass) c",
+            (f"{pg_schema}.events",),
+        )
+    with PostgresJournal(url) as j:
+        assert j.append(BTC, [*batch, delta(6, JAN1 + 5)]) == list(range(1, 8))
+        with j.transaction():
+            assert j.verify(BTC) == VerifyReport(stream=BTC, ok=True, rows=7)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        count = conn.execute(f"SELECT count(*) FROM {pg_schema}.events").fetchone()
+        assert count == (7,)

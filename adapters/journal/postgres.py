@@ -8,15 +8,39 @@ Connections
     server-side cursor, so it sees one committed snapshot, taken when it starts, however
     many rows are appended while it runs. Inside ``transaction()`` reads use the writer
     (to see the block's own appends) and fetch their rows at once.
-Schema (version 1, in schema ``tickerml`` unless told otherwise)
-    ``meta`` (``schema_version``); ``streams``: one row per stream with its id (its
-    creation order), name, tail (last seq, last hash), time span, whether every append
-    so far kept the canonical order (``ordered``, ``last_key``) and its instrument (NULL
-    once a stream holds several); ``events``: primary key ``(sid, seq)``, ``event_id``
-    unique; ``prev_hash`` is not stored, it is the previous row's ``hash``. The
-    canonical-order index is partial (``WHERE market``) so session rows stay out of it.
-    Text that takes part in an order (stream names, exchange, symbol, session ids) is
-    ``COLLATE "C"``: bytewise, as Python and SQLite compare strings.
+Schema (in schema ``tickerml`` unless told otherwise; layouts in docs/storage.md)
+    ``meta`` (``schema_version``, ``layout``); ``streams``: one row per stream with its id
+    (its creation order), name, tail (last seq, last hash), time span, whether every
+    append so far kept the canonical order (``ordered``, ``last_key``) and its instrument
+    (NULL once a stream holds several); ``events`` in the layout chosen when the journal
+    was created:
+
+    * ``timescaledb`` (schema version 2), where ``CREATE EXTENSION timescaledb`` works: a
+      hypertable on ``id_ts`` in chunks of one UTC day, compressed (segmented by stream,
+      ordered by seq) once older than ``hot_days``, dropped after ``retention_days`` when
+      that is set (> 0);
+    * ``partitioned`` (schema version 2), otherwise: native range partitions of ``id_ts``,
+      one per UTC day (``events_pYYYYMMDD``), created by the append that first touches
+      the day, before its COPY (:meth:`PostgresJournal._ensure_partitions`);
+    * ``plain`` (schema version 1): the one table of journals created before layouts
+      existed, opened and written as it is (``tickerml migrate`` to another schema moves
+      it into a partitioned one).
+
+    ``id_ts`` is the event id's first 8 bytes read as a signed integer (:func:`id_time`):
+    the event's time for every id made by :func:`kernel.events.event_id`, which puts the
+    time first. A unique index of a partitioned table (or hypertable) must contain the
+    partition key, so idempotence is ``UNIQUE (event_id, id_ts)``: as ``id_ts`` is a
+    function of ``event_id`` this is exactly as strict as ``UNIQUE (event_id)``, whatever
+    the ids look like, and one id always lands in the same partition. The primary key is
+    ``(sid, seq, id_ts)`` for the same reason (seqs stay gap-free and unique through the
+    stream lock), and each row stores its ``prev_hash``: finding the previous row by
+    ``(sid, seq - 1)`` would have to probe every partition. ``verify`` checks the stored
+    ``prev_hash`` and ``id_ts`` of every row. In the ``plain`` layout ``event_id`` alone
+    is unique, the key is ``(sid, seq)`` and ``prev_hash`` is the previous row's ``hash``,
+    joined in when reading. The canonical-order index is partial (``WHERE market``) so
+    session rows stay out of it. Text that takes part in an order (stream names,
+    exchange, symbol, session ids) is ``COLLATE "C"``: bytewise, as Python and SQLite
+    compare strings.
 Appends and concurrency
     An append locks its stream's row (``SELECT ... FOR UPDATE``), so writers to one
     stream queue up and seqs stay gap-free. Seqs and hashes are computed here for the
@@ -41,7 +65,9 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -68,12 +94,26 @@ from adapters.journal.base import (
 )
 from adapters.journal.memory import check_row
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Schema version of journals created now (layouts ``timescaledb`` and ``partitioned``).
+Version 1 journals (layout ``plain``) are still opened and written."""
+PLAIN_SCHEMA_VERSION = 1
 DEFAULT_SCHEMA = "tickerml"
+
+Layout = Literal["timescaledb", "partitioned", "plain"]
+LAYOUTS = ("auto", "timescaledb", "partitioned", "plain")
+"""``auto``: TimescaleDB where the extension can be used, else ``partitioned``."""
+
+DAY_NS = 86_400 * 1_000_000_000
+"""One partition (or chunk) of ``events``: a UTC day of ``id_ts``."""
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_EPOCH_DAY = date(1970, 1, 1)
+_PARTITION = re.compile(r"events_p(\d{4})(\d{2})(\d{2})")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-_SCHEMA = (
+_COMMON_SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE streams (
         sid       SERIAL  PRIMARY KEY,
@@ -88,6 +128,13 @@ _SCHEMA = (
         exchange  TEXT    COLLATE "C",
         symbol    TEXT    COLLATE "C"
     )""",
+    """CREATE TABLE read_models (name TEXT PRIMARY KEY, columns TEXT NOT NULL)""",
+)
+
+# Canonical replay order over market streams; queries repeat ``e.market``.
+_CANONICAL = "(ts_recv, priority, exchange, symbol, src_seq, sid, seq) WHERE market"
+
+_PLAIN_EVENTS = (
     """CREATE TABLE events (
         sid       INTEGER NOT NULL,
         seq       BIGINT  NOT NULL,
@@ -104,43 +151,33 @@ _SCHEMA = (
         hash      BYTEA   NOT NULL,
         PRIMARY KEY (sid, seq)
     )""",
-    # Canonical replay order over market streams; queries repeat ``e.market``.
-    """CREATE INDEX events_canonical
-        ON events (ts_recv, priority, exchange, symbol, src_seq, sid, seq)
-        WHERE market""",
-    """CREATE TABLE read_models (name TEXT PRIMARY KEY, columns TEXT NOT NULL)""",
+    f"CREATE INDEX events_canonical ON events {_CANONICAL}",
 )
+"""The ``plain`` layout (schema version 1), as journals created before layouts have it."""
 
-_EVENT_COLUMNS = (
-    "sid, seq, event_id, ts_event, ts_recv, priority, kind, exchange, symbol, src_seq, "
-    "market, payload, hash"
-)
-_COPY_TYPES = (
-    "int4",
-    "int8",
-    "bytea",
-    "int8",
-    "int8",
-    "int4",
-    "text",
-    "text",
-    "text",
-    "int8",
-    "bool",
-    "bytea",
-    "bytea",
-)
+_DAILY_EVENTS = """CREATE TABLE events (
+        sid       INTEGER NOT NULL,
+        seq       BIGINT  NOT NULL,
+        event_id  BYTEA   NOT NULL,
+        id_ts     BIGINT  NOT NULL,
+        ts_event  BIGINT  NOT NULL,
+        ts_recv   BIGINT  NOT NULL,
+        priority  INTEGER NOT NULL,
+        kind      TEXT    NOT NULL,
+        exchange  TEXT    COLLATE "C" NOT NULL,
+        symbol    TEXT    COLLATE "C" NOT NULL,
+        src_seq   BIGINT  NOT NULL,
+        market    BOOLEAN NOT NULL,
+        payload   BYTEA   NOT NULL,
+        prev_hash BYTEA   NOT NULL,
+        hash      BYTEA   NOT NULL,
+        PRIMARY KEY (sid, seq, id_ts),
+        UNIQUE (event_id, id_ts)
+    )"""
+"""``events`` of the ``partitioned`` (with ``PARTITION BY RANGE (id_ts)``) and
+``timescaledb`` layouts."""
+
 _STAGING = "tickerml_staging"
-_STAGING_DDL = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ("
-    "sid INTEGER, seq BIGINT, event_id BYTEA, ts_event BIGINT, ts_recv BIGINT, "
-    "priority INTEGER, kind TEXT, exchange TEXT, symbol TEXT, src_seq BIGINT, "
-    "market BOOLEAN, payload BYTEA, hash BYTEA) ON COMMIT DELETE ROWS"
-)
-_COPY = f"COPY {_STAGING} ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-# First try of a batch: straight into events (no id is expected to be stored; the
-# UNIQUE index refuses the whole COPY if one is, and the retry goes through staging).
-_COPY_DIRECT = f"COPY events ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _UPDATE_TAIL = (
     "UPDATE streams SET last_seq = %s, last_hash = %s, first_ts = %s, last_ts = %s, "
     "last_key = %s, ordered = %s, exchange = %s, symbol = %s WHERE sid = %s"
@@ -150,51 +187,106 @@ _TAIL = (
     "last_ts = %s, last_key = %s, ordered = %s, exchange = %s, symbol = %s "
     "WHERE sid = %s) SELECT count(*) FROM ins"
 )
-# One statement empties the staging table into events and moves the stream's tail; its
-# result is the number of rows inserted (short of the staged count if an id was stored
-# meanwhile). Emptying it here (not TRUNCATE, which costs over a millisecond) lets the
-# next append of a transaction() block reuse it; ON COMMIT DELETE ROWS reclaims the
-# space at commit.
-_MOVE = (
-    f"WITH staged AS (DELETE FROM {_STAGING} RETURNING {_EVENT_COLUMNS}), "
-    f"ins AS (INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM staged "
-    f"ON CONFLICT (event_id) DO NOTHING RETURNING 1), {_TAIL}"
-)
-# Small batches skip the staging table: one statement inserts them from arrays.
-_UNNEST_TYPES = (
-    "int4[]",
-    "int8[]",
-    "bytea[]",
-    "int8[]",
-    "int8[]",
-    "int4[]",
-    "text[]",
-    "text[]",
-    "text[]",
-    "int8[]",
-    "bool[]",
-    "bytea[]",
-    "bytea[]",
-)
-_INSERT_ARRAYS = (
-    f"WITH ins AS (INSERT INTO events ({_EVENT_COLUMNS}) SELECT * FROM unnest("
-    + ", ".join(f"%s::{t}" for t in _UNNEST_TYPES)
-    + f") ON CONFLICT (event_id) DO NOTHING RETURNING 1), {_TAIL}"
-)
 COPY_MIN_ROWS = 16
 """Batches of at least this many new rows go through COPY; smaller ones are inserted
 from arrays in one statement (a COPY costs a round trip more)."""
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The SQL that differs between the ``plain`` layout and the daily ones."""
+
+    copy_types: tuple[str, ...]
+    staging_ddl: str
+    # First try of a batch: straight into events (no id is expected to be stored; the
+    # unique index refuses the whole COPY if one is, and the retry goes through staging).
+    copy_direct: str
+    copy_staged: str
+    # One statement empties the staging table into events and moves the stream's tail;
+    # its result is the number of rows inserted (short of the staged count if an id was
+    # stored meanwhile). Emptying it here (not TRUNCATE, which costs over a millisecond)
+    # lets the next append of a transaction() block reuse it; ON COMMIT DELETE ROWS
+    # reclaims the space at commit.
+    move: str
+    # Small batches skip the staging table: one statement inserts them from arrays.
+    insert_arrays: str
+    probe: str
+    # Read columns: the record fields in JournalRecord order with the previous row's
+    # hash (stored, or joined in by ``prev_join``); sid first, to name the stream.
+    read_columns: str
+    prev_join: str
+    verify: str
+
+
+def _statements(daily: bool) -> _Statements:
+    names = ["sid", "seq", "event_id", "ts_event", "ts_recv", "priority", "kind"]
+    names += ["exchange", "symbol", "src_seq", "market", "payload", "hash"]
+    types = ["int4", "int8", "bytea", "int8", "int8", "int4", "text"]
+    types += ["text", "text", "int8", "bool", "bytea", "bytea"]
+    sql_types = ["INTEGER", "BIGINT", "BYTEA", "BIGINT", "BIGINT", "INTEGER", "TEXT"]
+    sql_types += ["TEXT", "TEXT", "BIGINT", "BOOLEAN", "BYTEA", "BYTEA"]
+    if daily:
+        names[3:3], types[3:3], sql_types[3:3] = ["id_ts"], ["int8"], ["BIGINT"]
+        names[-1:-1], types[-1:-1], sql_types[-1:-1] = ["prev_hash"], ["bytea"], ["BYTEA"]
+    cols = ", ".join(names)
+    conflict = "(event_id, id_ts)" if daily else "(event_id)"
+    staged = f"WITH staged AS (DELETE FROM {_STAGING} RETURNING {cols}), "
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    read = "e.sid, e.seq, e.event_id, e.ts_event, e.ts_recv, e.priority, e.kind, e.exchange, "
+    read += "e.symbol, e.src_seq, e.payload, " + ("e.prev_hash" if daily else "p.hash")
+    verify = "SELECT seq, event_id, ts_event, ts_recv, priority, kind, exchange, symbol, "
+    verify += "src_seq, payload, hash" + (", prev_hash, id_ts" if daily else "")
+    return _Statements(
+        copy_types=tuple(types),
+        staging_ddl=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ("
+        + ", ".join(f"{n} {t}" for n, t in zip(names, sql_types, strict=True))
+        + ") ON COMMIT DELETE ROWS",
+        copy_direct=f"COPY events ({cols}) FROM STDIN (FORMAT BINARY)",
+        copy_staged=f"COPY {_STAGING} ({cols}) FROM STDIN (FORMAT BINARY)",
+        move=f"{staged}ins AS (INSERT INTO events ({cols}) SELECT {cols} FROM staged "
+        f"ON CONFLICT {conflict} DO NOTHING RETURNING 1), {_TAIL}",
+        insert_arrays=f"WITH ins AS (INSERT INTO events ({cols}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT {conflict} DO NOTHING RETURNING 1), {_TAIL}",
+        probe="SELECT event_id, seq FROM events WHERE event_id = ANY(%s)"
+        + (" AND id_ts = ANY(%s)" if daily else ""),
+        read_columns=read + ", e.hash",
+        prev_join="" if daily else "LEFT JOIN events p ON p.sid = e.sid AND p.seq = e.seq - 1",
+        verify=verify + " FROM events WHERE sid = %s ORDER BY seq",
+    )
+
+
+_PLAIN_SQL = _statements(daily=False)
+_DAILY_SQL = _statements(daily=True)
+
+
+def id_time(event_id: bytes) -> int:
+    """``id_ts``: the id's first 8 bytes as a big-endian signed integer (zero-padded when
+    shorter): the event time (ns) of every id :func:`kernel.events.event_id` makes."""
+    head = event_id[:8]
+    if len(head) < 8:
+        head = head.ljust(8, b"\0")
+    return int.from_bytes(head, "big", signed=True)
+
+
+def partition_name(day: int) -> str:
+    """``events_pYYYYMMDD``: the partition of UTC day ``day`` (days since 1970-01-01)."""
+    return f"events_p{_EPOCH_DAY + timedelta(days=day):%Y%m%d}"
+
+
+def partition_bounds(day: int) -> tuple[sql.Composable, sql.Composable]:
+    """The ``FROM (...) TO (...)`` bounds of a day's partition (MINVALUE / MAXVALUE at
+    the ends of the BIGINT range)."""
+    lo, hi = day * DAY_NS, (day + 1) * DAY_NS
+    return (
+        sql.SQL("MINVALUE") if lo <= _INT64_MIN else sql.Literal(lo),
+        sql.SQL("MAXVALUE") if hi > _INT64_MAX else sql.Literal(hi),
+    )
+
+
 _STREAM_ROW = (
     "SELECT sid, market, last_seq, last_hash, first_ts, last_ts, last_key, ordered, "
     "exchange, symbol FROM streams WHERE name = %s"
 )
-# Read columns: the record fields in JournalRecord order with the previous row's hash
-# (prev_hash) joined in; sid first, to name the stream.
-_READ_COLUMNS = (
-    "e.sid, e.seq, e.event_id, e.ts_event, e.ts_recv, e.priority, e.kind, e.exchange, "
-    "e.symbol, e.src_seq, e.payload, p.hash, e.hash"
-)
-_PREV_JOIN = "LEFT JOIN events p ON p.sid = e.sid AND p.seq = e.seq - 1"
 _ORDER = "ORDER BY e.ts_recv, e.priority, e.exchange, e.symbol, e.src_seq, e.sid, e.seq"
 _FETCH = 8192
 _MAX_TRIES = 8
@@ -213,18 +305,58 @@ class _Retry(Exception):
     """Raised inside an append's transaction to roll it back and try again."""
 
 
-def split_dsn(dsn: str) -> tuple[str, str | None]:
-    """``(libpq DSN, schema)``: takes the ``schema`` query parameter out of a URL DSN
-    (libpq refuses parameters it does not know); ``None`` when there is none."""
+DSN_OPTIONS = ("schema", "layout", "hot_days", "retention_days")
+"""Query parameters of a URL DSN that are the journal's, not libpq's."""
+
+
+def take_dsn_options(dsn: str) -> tuple[str, dict[str, str]]:
+    """``(libpq DSN, options)``: takes :data:`DSN_OPTIONS` out of a URL DSN (libpq
+    refuses parameters it does not know); the last value of each wins."""
     if "://" not in dsn:
-        return dsn, None
+        return dsn, {}
     parts = urlsplit(dsn)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schemas = [v for k, v in query if k == "schema"]
-    if not schemas:
-        return dsn, None
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schemas[-1]
+    options = {k: v for k, v in query if k in DSN_OPTIONS}
+    if not options:
+        return dsn, {}
+    rest = urlencode([(k, v) for k, v in query if k not in DSN_OPTIONS])
+    return urlunsplit(parts._replace(query=rest)), options
+
+
+def split_dsn(dsn: str) -> tuple[str, str | None]:
+    """``(libpq DSN, schema)``: takes the ``schema`` query parameter (and the other
+    :data:`DSN_OPTIONS`) out of a URL DSN; ``None`` when there is no schema."""
+    libpq, options = take_dsn_options(dsn)
+    return libpq, options.get("schema")
+
+
+def with_layout_options(
+    dsn: str, layout: str = "auto", hot_days: int = 7, retention_days: int = 0
+) -> str:
+    """A PostgreSQL URL DSN with the journal layout options of ``config/timescale.yaml``
+    added where the DSN does not set them itself; any other DSN as it is."""
+    scheme = dsn.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        return dsn
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    have = {k for k, _ in query}
+    wanted = {"layout": layout, "hot_days": str(hot_days), "retention_days": str(retention_days)}
+    query += [(k, v) for k, v in wanted.items() if k not in have]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _option_int(name: str, given: int | None, options: dict[str, str], default: int) -> int:
+    if given is not None:
+        value = given
+    else:
+        try:
+            value = int(options.get(name, default))
+        except ValueError:
+            raise JournalError(f"PostgreSQL journal option {name}={options[name]!r}") from None
+    if value < 0:
+        raise JournalError(f"PostgreSQL journal option {name} must not be negative")
+    return value
 
 
 def describe_dsn(dsn: str) -> tuple[str, str]:
@@ -267,9 +399,33 @@ class PostgresJournal(Journal):
     (threads, processes) may append to one schema, even to one stream.
     """
 
-    def __init__(self, dsn: str, schema: str | None = None, connect_timeout: int = 10) -> None:
-        libpq_dsn, dsn_schema = split_dsn(dsn)
-        self.schema = schema or dsn_schema or DEFAULT_SCHEMA
+    def __init__(
+        self,
+        dsn: str,
+        schema: str | None = None,
+        connect_timeout: int = 10,
+        *,
+        layout: str | None = None,
+        hot_days: int | None = None,
+        retention_days: int | None = None,
+    ) -> None:
+        libpq_dsn, options = take_dsn_options(dsn)
+        self.schema = schema or options.get("schema") or DEFAULT_SCHEMA
+        self.requested_layout = layout or options.get("layout") or "auto"
+        self.hot_days = _option_int("hot_days", hot_days, options, 7)
+        self.retention_days = _option_int("retention_days", retention_days, options, 0)
+        if self.requested_layout not in LAYOUTS:
+            raise JournalError(
+                f"PostgreSQL journal layout {self.requested_layout!r} is not one of "
+                f"{', '.join(LAYOUTS)}"
+            )
+        self.layout: Layout = "plain"
+        self._sql = _PLAIN_SQL
+        self._days: frozenset[int] | None = None
+        self._ts_schema = ""
+        self.layout_reason = ""
+        """Why a journal created with layout ``auto`` is not on TimescaleDB ("" if it is,
+        or when it was opened, not created)."""
         if not _SCHEMA_NAME.fullmatch(self.schema):
             raise JournalError(
                 f"PostgreSQL schema name {self.schema!r} is not allowed "
@@ -286,7 +442,8 @@ class PostgresJournal(Journal):
         try:
             self._conn = self._connect(autocommit=True)
             self._init_schema(self._conn)
-            self._conn.execute(_STAGING_DDL)
+            self._sql = _PLAIN_SQL if self.layout == "plain" else _DAILY_SQL
+            self._conn.execute(self._sql.staging_ddl)
         except psycopg.Error as exc:
             self.close()
             raise JournalError(
@@ -337,20 +494,185 @@ class PostgresJournal(Journal):
                         f"PostgreSQL schema {self.schema} at {self.where} is not a journal "
                         f"(has tables: {names})"
                     )
-                for stmt in _SCHEMA:
-                    conn.execute(stmt)
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s)",
-                    (str(SCHEMA_VERSION),),
-                )
+                self.layout = self._create(conn)
                 return
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            found = None if row is None else row[0]
-            if found != str(SCHEMA_VERSION):
+            meta = dict(
+                conn.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('schema_version', 'layout')"
+                ).fetchall()
+            )
+            found = meta.get("schema_version")
+            if found == str(PLAIN_SCHEMA_VERSION):
+                self.layout = "plain"  # created before layouts: kept as it is
+            elif found == str(SCHEMA_VERSION) and meta.get("layout") in (
+                "timescaledb",
+                "partitioned",
+            ):
+                self.layout = meta["layout"]
+            else:
                 raise JournalError(
                     f"PostgreSQL schema {self.schema} at {self.where}: journal schema version "
-                    f"{found} is not supported (this code reads version {SCHEMA_VERSION})"
+                    f"{found} is not supported (this code reads versions "
+                    f"{PLAIN_SCHEMA_VERSION} and {SCHEMA_VERSION})"
                 )
+            if self.requested_layout not in ("auto", self.layout):
+                raise JournalError(
+                    f"PostgreSQL schema {self.schema} at {self.where} holds a journal of "
+                    f"layout {self.layout}, not {self.requested_layout}"
+                )
+
+    def _create(self, conn: psycopg.Connection[Any]) -> Layout:
+        """Create the journal's tables in the requested layout; returns the layout."""
+        layout: Layout
+        if self.requested_layout in ("auto", "timescaledb"):
+            why_not = self._enable_timescaledb(conn)
+            if why_not is None:
+                layout = "timescaledb"
+            elif self.requested_layout == "timescaledb":
+                raise JournalError(
+                    f"PostgreSQL at {self.where}: layout timescaledb asked for, but {why_not}"
+                )
+            else:
+                layout = "partitioned"
+                self.layout_reason = f"partitioned: {why_not}"
+        else:
+            layout = "partitioned" if self.requested_layout == "partitioned" else "plain"
+        for stmt in _COMMON_SCHEMA:
+            conn.execute(stmt)
+        if layout == "plain":
+            for stmt in _PLAIN_EVENTS:
+                conn.execute(stmt)
+        else:
+            partitioned = " PARTITION BY RANGE (id_ts)" if layout == "partitioned" else ""
+            conn.execute(_DAILY_EVENTS + partitioned)
+            conn.execute(f"CREATE INDEX events_canonical ON events {_CANONICAL}")
+        if layout == "timescaledb":
+            self._timescaledb_policies(conn)
+        version = PLAIN_SCHEMA_VERSION if layout == "plain" else SCHEMA_VERSION
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', %s), ('layout', %s)",
+            (str(version), layout),
+        )
+        return layout
+
+    def _enable_timescaledb(self, conn: psycopg.Connection[Any]) -> str | None:
+        """Make the timescaledb extension usable (``CREATE EXTENSION`` if the server has it
+        and it is not installed yet); ``None`` if it is, else why not."""
+        query = (
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+            "ON n.oid = e.extnamespace WHERE e.extname = 'timescaledb'"
+        )
+        row = conn.execute(query).fetchone()
+        if row is None:
+            available = conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+            ).fetchone()
+            if available is None:
+                return "the server has no timescaledb extension"
+            try:
+                with conn.transaction():  # a savepoint: a refusal leaves the rest intact
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb SCHEMA public")
+            except psycopg.Error as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                return f"CREATE EXTENSION timescaledb failed: {first}"
+            row = conn.execute(query).fetchone()
+            if row is None:  # pragma: no cover - created just above
+                return "CREATE EXTENSION timescaledb did not install it"
+        self._ts_schema = str(row[0])
+        return None
+
+    def _timescaledb_policies(self, conn: psycopg.Connection[Any]) -> None:
+        """``events`` as a hypertable of one-day chunks of ``id_ts``, compressed after
+        ``hot_days`` (and dropped after ``retention_days`` when > 0)."""
+        ts = sql.Identifier(self._ts_schema)
+        events = f"{self.schema}.events"
+        conn.execute(
+            sql.SQL(
+                "SELECT {}.create_hypertable(%s::regclass, 'id_ts', "
+                "chunk_time_interval => %s::bigint)"
+            ).format(ts),
+            (events, DAY_NS),
+        )
+        # Policies on an integer time column need "now" in the column's unit (ns).
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {}.tickerml_now_ns() RETURNS BIGINT LANGUAGE SQL STABLE "
+                "AS $$ SELECT (extract(epoch FROM now()) * 1000000000)::bigint $$"
+            ).format(sql.Identifier(self.schema))
+        )
+        conn.execute(
+            sql.SQL("SELECT {}.set_integer_now_func(%s::regclass, %s::regproc)").format(ts),
+            (events, f"{self.schema}.tickerml_now_ns"),
+        )
+        conn.execute(
+            "ALTER TABLE events SET (timescaledb.compress, "
+            "timescaledb.compress_segmentby = 'sid', timescaledb.compress_orderby = 'seq')"
+        )
+        conn.execute(
+            sql.SQL(
+                "SELECT {}.add_compression_policy(%s::regclass, compress_after => %s::bigint)"
+            ).format(ts),
+            (events, self.hot_days * DAY_NS),
+        )
+        if self.retention_days > 0:
+            conn.execute(
+                sql.SQL(
+                    "SELECT {}.add_retention_policy(%s::regclass, drop_after => %s::bigint)"
+                ).format(ts),
+                (events, self.retention_days * DAY_NS),
+            )
+
+    def partition_days(self, conn: psycopg.Connection[Any] | None = None) -> set[int]:
+        """The UTC days (since 1970-01-01) that have a partition (``partitioned`` layout)."""
+        conn = conn or self._writer()
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass",
+            (f"{self.schema}.events",),
+        ).fetchall()
+        days = set()
+        for (name,) in rows:
+            m = _PARTITION.fullmatch(name)
+            if m is not None:
+                day = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+                days.add((day - _EPOCH_DAY).days)
+        return days
+
+    def _ensure_partitions(self, conn: psycopg.Connection[Any], days: set[int]) -> None:
+        """Create the partitions of ``days`` that do not exist yet, in the caller's
+        transaction (so a rollback takes them back too).
+
+        Each is created as a table of its own and then attached: ``ATTACH PARTITION``
+        takes only a SHARE UPDATE EXCLUSIVE lock on ``events``, so readers (a long replay
+        holding its snapshot) and other writers go on meanwhile, where ``CREATE TABLE ...
+        PARTITION OF`` would queue behind every reader with an ACCESS EXCLUSIVE lock.
+        There is no DEFAULT partition for the same reason: attaching a partition locks
+        the default one ACCESS EXCLUSIVE (and scans it). A row of a day without a
+        partition is refused by PostgreSQL (nothing is stored); the append then forgets
+        what it knew of the partitions and tries again, creating it."""
+        if self._days is not None and days <= self._days:
+            return
+        # One creator at a time; the lock is held until this transaction ends, and a
+        # second creator then sees the first one's partitions (READ COMMITTED).
+        lock = f"tickerml:{self.schema}:partitions"
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+        existing = self.partition_days(conn)
+        for day in sorted(days - existing):
+            name = sql.Identifier(partition_name(day))
+            lo, hi = partition_bounds(day)
+            conn.execute(sql.SQL("CREATE TABLE {} (LIKE events INCLUDING DEFAULTS)").format(name))
+            conn.execute(
+                sql.SQL("CREATE INDEX {} ON {} " + _CANONICAL).format(
+                    sql.Identifier(partition_name(day) + "_canonical"), name
+                )
+            )
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE events ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})"
+                ).format(name, lo, hi)
+            )
+            existing.add(day)
+        self._days = frozenset(existing)
 
     def _writer(self) -> psycopg.Connection[Any]:
         if self._conn is None:
@@ -405,13 +727,16 @@ class PostgresJournal(Journal):
         # Each try is a transaction (a savepoint inside transaction()): a failure, or a
         # short insert count, rolls back everything it did.
         for attempt in range(_MAX_TRIES):
+            days = self._days  # partitions created by a rolled-back try are gone again
             try:
                 with conn.transaction():
                     seqs = self._append_in_txn(conn, stream, events, probe=attempt > 0)
                 return seqs
             except _Retry:
+                self._days = None if self._days is None else days
                 continue
             except psycopg.Error as exc:
+                self._days = days
                 msg = f"append to {stream} failed (nothing stored): {str(exc).strip()}"
                 raise JournalError(msg) from exc
         raise JournalError(
@@ -433,11 +758,16 @@ class PostgresJournal(Journal):
                 self._txn_depth -= 1
             return
         self._txn_depth = 1
+        days = self._days
         try:
             with conn.transaction():
                 yield
         except psycopg.Error as exc:
+            self._days = days
             raise JournalError(f"transaction failed (nothing stored): {exc}") from exc
+        except BaseException:
+            self._days = days  # partitions the block created were rolled back with it
+            raise
         finally:
             self._txn_depth = 0
 
@@ -497,11 +827,11 @@ class PostgresJournal(Journal):
         exchange, symbol = st.exchange, st.symbol
         # event_id -> seq for ids already stored (when probing) or earlier in this batch.
         known: dict[bytes, int] = {}
+        daily = self.layout != "plain"
         if probe:
             ids = list({ev.event_id for ev in events})
-            for eid, seq in conn.execute(
-                "SELECT event_id, seq FROM events WHERE event_id = ANY(%s)", (ids,)
-            ):
+            params: tuple[object, ...] = (ids, [id_time(i) for i in ids]) if daily else (ids,)
+            for eid, seq in conn.execute(self._sql.probe, params):
                 known[eid] = seq
         seqs: list[int] = []
         rows: list[tuple[object, ...]] = []
@@ -529,23 +859,44 @@ class PostgresJournal(Journal):
                 exchange = symbol = None
             # == chain_hash(prev, eid, payload), inlined for the hot path.
             h = blake2b(prev + prefix[len(eid)] + eid + ev.payload, digest_size=32).digest()
-            add_row(
-                (
-                    sid,
-                    last_seq,
-                    eid,
-                    ev.ts_event,
-                    ts,
-                    ev.priority,
-                    ev.kind,
-                    ev.exchange,
-                    ev.symbol,
-                    ev.src_seq,
-                    market,
-                    ev.payload,
-                    h,
+            if daily:
+                add_row(
+                    (
+                        sid,
+                        last_seq,
+                        eid,
+                        id_time(eid),
+                        ev.ts_event,
+                        ts,
+                        ev.priority,
+                        ev.kind,
+                        ev.exchange,
+                        ev.symbol,
+                        ev.src_seq,
+                        market,
+                        ev.payload,
+                        prev,
+                        h,
+                    )
                 )
-            )
+            else:
+                add_row(
+                    (
+                        sid,
+                        last_seq,
+                        eid,
+                        ev.ts_event,
+                        ts,
+                        ev.priority,
+                        ev.kind,
+                        ev.exchange,
+                        ev.symbol,
+                        ev.src_seq,
+                        market,
+                        ev.payload,
+                        h,
+                    )
+                )
             known[eid] = last_seq
             add_seq(last_seq)
             prev = h
@@ -562,26 +913,36 @@ class PostgresJournal(Journal):
             symbol,
             sid,
         )
-        with conn.cursor() as cur:
-            if not probe and len(rows) >= COPY_MIN_ROWS:
-                try:
-                    with cur.copy(_COPY_DIRECT) as copy:
-                        copy.set_types(_COPY_TYPES)
+        if self.layout == "partitioned":
+            self._ensure_partitions(conn, {row[3] // DAY_NS for row in rows})  # type: ignore[operator]
+        statements = self._sql
+        try:
+            with conn.cursor() as cur:
+                if not probe and len(rows) >= COPY_MIN_ROWS:
+                    try:
+                        with cur.copy(statements.copy_direct) as copy:
+                            copy.set_types(statements.copy_types)
+                            write_rows(copy, rows)
+                    except psycopg.errors.UniqueViolation:
+                        raise _Retry from None  # an id is stored: roll back, probe, stage
+                    cur.execute(_UPDATE_TAIL, tail)
+                    return seqs
+                if len(rows) >= COPY_MIN_ROWS:
+                    with cur.copy(statements.copy_staged) as copy:
+                        copy.set_types(statements.copy_types)
                         write_rows(copy, rows)
-                except psycopg.errors.UniqueViolation:
-                    raise _Retry from None  # an id is stored: roll back, probe, stage
-                cur.execute(_UPDATE_TAIL, tail)
-                return seqs
-            if len(rows) >= COPY_MIN_ROWS:
-                with cur.copy(_COPY) as copy:
-                    copy.set_types(_COPY_TYPES)
-                    write_rows(copy, rows)
-                cur.execute(_MOVE, tail)
-            else:
-                cur.execute(
-                    _INSERT_ARRAYS, (*(list(col) for col in zip(*rows, strict=True)), *tail)
-                )
-            moved = cur.fetchone()
+                    cur.execute(statements.move, tail)
+                else:
+                    columns = [list(col) for col in zip(*rows, strict=True)]
+                    cur.execute(statements.insert_arrays, (*columns, *tail))
+                moved = cur.fetchone()
+        except psycopg.errors.CheckViolation as exc:
+            if "no partition" not in str(exc):
+                raise
+            # a day's partition this journal believed in is gone (detached, dropped by
+            # an archive): forget what it knows, roll back and create it again
+            self._days = None
+            raise _Retry from None
         if moved is None or moved[0] != len(rows):
             raise _Retry  # an id is stored already: roll back, probe, try again
         return seqs
@@ -599,8 +960,8 @@ class PostgresJournal(Journal):
         writer = self._reading()
         where, params = read_filters(stream, from_seq, to_seq, from_ts, to_ts, "%s")
         query = (
-            f"SELECT {_READ_COLUMNS} FROM events e JOIN streams s ON s.sid = e.sid "
-            f"{_PREV_JOIN} WHERE {' AND '.join(where)} ORDER BY e.seq"
+            f"SELECT {self._sql.read_columns} FROM events e JOIN streams s ON s.sid = e.sid "
+            f"{self._sql.prev_join} WHERE {' AND '.join(where)} ORDER BY e.seq"
         )
         return self._records(writer, query, params)
 
@@ -642,7 +1003,10 @@ class PostgresJournal(Journal):
         if found is None:
             return iter(())
         where, params = found
-        query = f"SELECT {_READ_COLUMNS} FROM events e {_PREV_JOIN} WHERE {where} {_ORDER}"
+        query = (
+            f"SELECT {self._sql.read_columns} FROM events e {self._sql.prev_join} "
+            f"WHERE {where} {_ORDER}"
+        )
         return self._records(writer, query, params)
 
     def iter_payload_blocks(
@@ -802,10 +1166,7 @@ class PostgresJournal(Journal):
             if tail is None:
                 return VerifyReport(stream=stream, ok=True, rows=0)
             sid, last_seq, last_hash = tail
-            query = (
-                "SELECT seq, event_id, ts_event, ts_recv, priority, kind, exchange, symbol, "
-                "src_seq, payload, hash FROM events WHERE sid = %s ORDER BY seq"
-            )
+            query = self._sql.verify
             if writer:
                 cur = conn.cursor(binary=True)
             else:
@@ -817,8 +1178,15 @@ class PostgresJournal(Journal):
                 bad: tuple[int, str] | None = None
                 for r in (r for block in iter(lambda: cur.fetchmany(_FETCH), []) for r in block):
                     n += 1
-                    rec = _record(stream, r[:10], prev, r[10])
+                    # stored prev_hash (daily layouts) must equal the previous row's hash
+                    rec = _record(stream, r[:10], r[11] if len(r) > 11 else prev, r[10])
                     bad = check_row(n, prev, rec)
+                    if bad is None and len(r) > 12 and r[12] != id_time(r[1]):
+                        bad = (
+                            n,
+                            f"seq {n}: id_ts {r[12]} is not the time prefix of its event id "
+                            f"({id_time(r[1])}): it is in the wrong partition",
+                        )
                     if bad is not None:
                         break
                     prev = rec.hash
