@@ -94,6 +94,7 @@ from kernel.events import (
     SessionStarted,
     event_id,
 )
+from kernel.instruments import Instrument
 from kernel.sync import SyncConfig, Synchronizer
 from strategies import build_strategy
 
@@ -405,7 +406,9 @@ class LiveKernel:
 class Collectors:
     """Runs the feed adapters and the heartbeat ticker in a background asyncio thread."""
 
-    def __init__(self, live: LiveConfig, producer: EventProducer) -> None:
+    def __init__(
+        self, live: LiveConfig, producer: EventProducer, instruments: Sequence[Instrument] = ()
+    ) -> None:
         self.live = live
         self.producer = producer
         self.adapters: list[ExchangeInterface] = []
@@ -419,7 +422,9 @@ class Collectors:
                 rest_url=spec.rest_url,
                 extra=dict(spec.options),
             )
-            self.adapters.append(cls(cfg))
+            adapter = cls(cfg)
+            registry.configure_for_kernel(adapter, instruments)
+            self.adapters.append(adapter)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -549,7 +554,7 @@ def run_live(
     sink = EventConsumer(
         kafka, f"{live.group}-journal", INPUT_TOPICS, assign=True, overrides=overrides
     )
-    collectors = Collectors(live, in_producer)
+    collectors = Collectors(live, in_producer, list(app.instruments.instruments))
     collectors.start()
     say = progress or (lambda _m: None)
     say(f"live session {session_id}: {len(collectors.adapters)} feed(s), journal {live.journal}")

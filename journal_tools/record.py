@@ -38,10 +38,11 @@ import msgspec
 import structlog
 
 from adapters.exchanges.base import ExchangeInterface, FeedConfig
-from adapters.exchanges.registry import adapter_class
+from adapters.exchanges.registry import adapter_class, configure_for_kernel
 from adapters.journal.base import Journal
 from kernel.config import AppConfig
 from kernel.events import Connectivity, Event, Heartbeat
+from kernel.instruments import Instrument
 
 log = structlog.get_logger("tickerml.record")
 
@@ -98,7 +99,10 @@ def build_adapters(
     ws_url: str | None = None,
     rest_url: str | None = None,
     options: dict[str, Any] | None = None,
+    instruments: Sequence[Instrument] = (),
 ) -> list[ExchangeInterface]:
+    """One adapter per exchange; ``instruments``: the configured ones (their precision
+    wins where the adapter can map onto it; a disagreement stops the adapter)."""
     if not exchanges:
         raise RecordError("name at least one exchange (--exchanges binance,kraken)")
     if not symbols:
@@ -114,7 +118,9 @@ def build_adapters(
             rest_url=rest_url,
             extra=dict(options or {}),
         )
-        out.append(cls(cfg))
+        adapter = cls(cfg)
+        configure_for_kernel(adapter, instruments)
+        out.append(adapter)
     return out
 
 
@@ -239,7 +245,16 @@ def run_record(
 ) -> RecordResult:
     """The command: build the adapters and the destination, record, close (``journal``:
     the open journal for ``to="journal"``)."""
-    adapters = build_adapters(exchanges, symbols, channels, depth, ws_url, rest_url, options)
+    adapters = build_adapters(
+        exchanges,
+        symbols,
+        channels,
+        depth,
+        ws_url,
+        rest_url,
+        options,
+        instruments=list(app.instruments.instruments),
+    )
     producer = None
     if to == "journal":
         if journal is None:

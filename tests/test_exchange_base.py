@@ -34,7 +34,7 @@ from adapters.exchanges.base import (
     split_wire_symbol,
 )
 from adapters.exchanges.fake import FakeExchange, HttpResponse, WsScript
-from kernel.events import BookDelta, BookSnapshot, Connectivity, Event
+from kernel.events import BookDelta, BookSnapshot, Connectivity, Event, Trade
 from kernel.instruments import Instrument
 
 # ---------------------------------------------------------------------------------------
@@ -361,3 +361,75 @@ def test_run_loop_reconnects_and_resnapshots_after_a_disconnect() -> None:
     assert snaps[-1] == 100 and len(snaps) >= 2  # resnapshotted on the new connection
     last_conn = got[max(i for i, e in enumerate(got) if isinstance(e, BookSnapshot)) :]
     assert [e.seq for e in last_conn if isinstance(e, BookDelta)] == [101, 102, 103]
+
+
+# ---------------------------------------------------------------------------------------
+# Rescaling to the configured precision
+# ---------------------------------------------------------------------------------------
+
+
+def _configured(price_decimals: int, size_decimals: int, kind: str = "spot") -> Instrument:
+    return Instrument(
+        exchange="TOY",
+        symbol="BTC-USD-PERP" if kind == "perp" else "BTC-USD",
+        kind=kind,  # type: ignore[arg-type]
+        base="BTC",
+        quote="USD",
+        price_decimals=price_decimals,
+        size_decimals=size_decimals,
+        wire_symbol="BTCUSD",
+    )
+
+
+def _venue_with(expected: Instrument) -> ToyVenue:
+    venue = ToyVenue(FeedConfig(symbols=["BTCUSD"], poll_interval_s=0))
+    venue.expected = {expected.key: expected}
+    venue.instruments = {"BTCUSD": _inst()}  # what run() loads before connecting
+    venue.check_expected()
+    return venue
+
+
+def test_events_are_rescaled_to_the_configured_precision() -> None:
+    # venue: price 1 decimal (tick 0.1), size 3 decimals; configured: 2 and 2
+    venue = _venue_with(_configured(2, 2))
+    assert venue._rescale == {"TOY:BTC-USD": (1, -1)}
+    delta = BookDelta(1, 2, "TOY", "BTC-USD", 7, ((1000, 1234), (999, 9)), ((1001, 0),))
+    out = venue._rescaled(delta)
+    assert isinstance(out, BookDelta)
+    # 100.0 x 1.234 -> 100.00 x 1.23 (floored); 99.9 x 0.009 -> 99.90 x 0.00 (deleted)
+    assert out.bids == ((10000, 123), (9990, 0)) and out.asks == ((10010, 0),)
+    trade = Trade(1, 2, "TOY", "BTC-USD", 8, "t", 1005, 1999, "buy")
+    got = venue._rescaled(trade)
+    assert isinstance(got, Trade) and (got.price, got.size) == (10050, 199)
+
+
+def test_coarser_configured_price_drops_off_grid_levels_and_rounds_trades() -> None:
+    venue = _venue_with(_configured(0, 3))  # whole units; sizes unchanged
+    delta = BookDelta(1, 2, "TOY", "BTC-USD", 7, ((1000, 5), (1005, 6)), ())
+    out = venue._rescaled(delta)
+    assert isinstance(out, BookDelta) and out.bids == ((100, 5),)  # 100.5 is off the grid
+    assert venue.stats.unrepresentable == 1
+    prices = []
+    for p in (1005, 1015, 1006):  # 100.5 -> 100 (half-even), 101.5 -> 102, 100.6 -> 101
+        t = venue._rescaled(Trade(1, 2, "TOY", "BTC-USD", 8, "t", p, 5, "buy"))
+        assert isinstance(t, Trade)
+        prices.append(t.price)
+    assert prices == [100, 102, 101]
+    assert venue.stats.unrepresentable == 4
+    only_off_grid = BookDelta(1, 2, "TOY", "BTC-USD", 9, ((1005, 1),), ())
+    assert venue._rescaled(only_off_grid) is None  # nothing left to emit
+
+
+def test_a_different_kind_refuses_to_start() -> None:
+    from adapters.exchanges.base import InstrumentMismatch
+
+    venue = ToyVenue(FeedConfig(symbols=["BTCUSD"], poll_interval_s=0))
+    perp = _configured(1, 3, kind="perp")
+    venue.expected = {"TOY:BTC-USD": perp}
+
+    async def sink(events: list[Event]) -> None:
+        pass
+
+    # run() loads the instruments and refuses before it connects
+    with pytest.raises(InstrumentMismatch, match="the venue lists a spot"):
+        asyncio.run(asyncio.wait_for(venue.run(sink), 5))

@@ -39,9 +39,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol
 
 import structlog
+from msgspec.structs import replace as replace_struct
 
 from kernel.book import BookError, L2Book
-from kernel.events import BookDelta, BookSnapshot, Connectivity, Event, Level
+from kernel.events import (
+    BookDelta,
+    BookSnapshot,
+    Connectivity,
+    Event,
+    Level,
+    MarketEvent,
+    MarkPrice,
+    Trade,
+)
+from kernel.fixedpoint import POW10
 from kernel.instruments import Instrument, InstrumentKind, normalise_symbol
 
 log = structlog.get_logger("tickerml.exchanges")
@@ -117,6 +128,10 @@ class MalformedMessage(ExchangeError):
     """
 
     kind = "malformed"
+
+
+class InstrumentMismatch(ValueError):
+    """A venue's instrument disagrees with the configured one (precision or kind)."""
 
 
 class BadResponse(ExchangeError):
@@ -436,6 +451,8 @@ class FeedStats:
     rollovers: int = 0
     rate_limited: int = 0
     polls: int = 0
+    unrepresentable: int = 0
+    """Values finer than the configured instrument precision (rescaled events)."""
     latencies_ns: list[int] = field(default_factory=list)
     """Frame received -> its events handed to the sink, per frame that produced events
     (the last 100,000)."""
@@ -743,6 +760,12 @@ class ExchangeInterface(ABC):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_snapshots: set[str] = set()
         self._sink: EventSink | None = None
+        self.expected: dict[str, Instrument] = {}
+        """Instruments the consumer of the events already knows (``EXCHANGE:SYMBOL`` ->
+        instrument, e.g. the kernel's ``config/instruments.yaml``). Events of an instrument
+        whose venue precision differs are rescaled to the configured precision on the way
+        out (:meth:`_rescaled`); a different kind raises :class:`InstrumentMismatch`."""
+        self._rescale: dict[str, tuple[int, int]] = {}
         self.raw_capture: Callable[[dict[str, Any]], None] | None = None
         """If set, called with every raw frame, subscribe frame, connect and REST response
         as a cryptofeed-style capture row (``{"t": "recv", "ts": ..., "data": ...}``), so a
@@ -900,10 +923,94 @@ class ExchangeInterface(ABC):
     async def _emit(self, events: list[Event], ts_recv: int | None = None) -> None:
         if not events or self._sink is None:
             return
+        if self._rescale:
+            events = [e for e in map(self._rescaled, events) if e is not None]
+            if not events:
+                return
         self.stats.events += len(events)
         await self._sink(events)
         if ts_recv is not None:
             self.stats.note_latency(self.clock.now_ns() - ts_recv)
+
+    def check_expected(self) -> None:
+        """Compare the loaded instruments with :attr:`expected`: set up rescaling where
+        the precision differs, raise :class:`InstrumentMismatch` where the kind does."""
+        self._rescale = {}
+        for inst in self.instruments.values():
+            want = self.expected.get(inst.key)
+            if want is None:
+                continue
+            if want.kind != inst.kind:
+                raise InstrumentMismatch(
+                    f"{inst.key}: the venue lists a {inst.kind}, config/instruments.yaml a "
+                    f"{want.kind}"
+                )
+            dp = want.price_decimals - inst.price_decimals
+            ds = want.size_decimals - inst.size_decimals
+            if dp or ds:
+                self._rescale[inst.key] = (dp, ds)
+                log.info(
+                    "rescaling",
+                    exchange=self.exchange,
+                    instrument=inst.key,
+                    venue=(inst.price_decimals, inst.size_decimals),
+                    configured=(want.price_decimals, want.size_decimals),
+                )
+
+    def _rescaled(self, ev: Event) -> Event | None:
+        """``ev`` in the configured precision of its instrument.
+
+        Finer configured precision: exact (multiply). Coarser: a book level whose price is
+        not on the configured grid is left out (the same price is always left out, so the
+        book stays consistent), sizes are floored to the configured precision (a level
+        that floors to 0 is deleted), trade and mark prices are rounded half-even; each
+        loss is counted in ``stats.unrepresentable``.
+        """
+        if not isinstance(ev, MarketEvent):
+            return ev
+        scale = self._rescale.get(f"{ev.exchange}:{ev.symbol}")
+        if scale is None:
+            return ev
+        dp, ds = scale
+        if isinstance(ev, BookSnapshot | BookDelta):
+            bids = self._levels(ev.bids, dp, ds)
+            asks = self._levels(ev.asks, dp, ds)
+            if not bids and not asks and (ev.bids or ev.asks):
+                return None
+            return replace_struct(ev, bids=bids, asks=asks)
+        if isinstance(ev, Trade):
+            return replace_struct(ev, price=self._round(ev.price, dp), size=_floor(ev.size, ds))
+        if isinstance(ev, MarkPrice):
+            return replace_struct(
+                ev,
+                mark_price=self._round(ev.mark_price, dp),
+                index_price=self._round(ev.index_price, dp),
+            )
+        return ev
+
+    def _levels(self, levels: tuple[Level, ...], dp: int, ds: int) -> tuple[Level, ...]:
+        if dp >= 0 and ds >= 0:
+            pm, sm = POW10[dp], POW10[ds]
+            return tuple((p * pm, s * sm) for p, s in levels)
+        out = []
+        for p, s in levels:
+            price = _exact(p, dp)
+            if price is None:
+                self.stats.unrepresentable += 1
+                continue
+            out.append((price, _floor(s, ds)))
+        return tuple(out)
+
+    def _round(self, units: int, d: int) -> int:
+        if d >= 0:
+            return units * POW10[d]
+        exact = _exact(units, d)
+        if exact is not None:
+            return exact
+        self.stats.unrepresentable += 1
+        m = POW10[-d]
+        q, r = divmod(units, m)
+        return q + 1 if 2 * r > m or (2 * r == m and q % 2) else q
 
     async def _snapshot_task(self, wire: str, priority: Priority) -> None:
         try:
@@ -974,6 +1081,7 @@ class ExchangeInterface(ABC):
             except (ExchangeError, OSError) as exc:
                 log.warning("instruments_failed", exchange=self.exchange, error=str(exc))
                 await self._sleep_or_stop(self.backoff.next_delay())
+        self.check_expected()
         poller: asyncio.Task[None] | None = None
         first = True
         while not self.stopping:
@@ -1138,6 +1246,18 @@ class ExchangeInterface(ABC):
             return
         if events:
             await self._emit(events, ts_recv)
+
+
+def _exact(units: int, d: int) -> int | None:
+    """``units`` moved ``d`` decimal places (d < 0: coarser), or None if not exact."""
+    if d >= 0:
+        return units * POW10[d]
+    q, r = divmod(units, POW10[-d])
+    return None if r else q
+
+
+def _floor(units: int, d: int) -> int:
+    return units * POW10[d] if d >= 0 else units // POW10[-d]
 
 
 def _retry_after(value: str | None) -> float | None:

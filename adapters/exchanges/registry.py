@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 
 from adapters.exchanges.base import ExchangeInterface
+from kernel.instruments import Instrument
 
 VENUE_MODULES = ("binance", "coinbase", "kraken", "kucoin")
 
@@ -61,3 +63,14 @@ def adapter_class(exchange: str, adapter: str | None = None) -> type[ExchangeInt
             f"several adapters for {exchange!r} ({names}): name one with `adapter:`"
         )
     return found[0]
+
+
+def configure_for_kernel(adapter: ExchangeInterface, instruments: Iterable[Instrument]) -> None:
+    """Make ``adapter`` emit in the kernel's precision: adapters that can map the venue's
+    instruments onto configured ones (Binance: ``known``) get them; every adapter refuses
+    to start if its instruments disagree with the configured ones
+    (:class:`~adapters.exchanges.base.InstrumentMismatch`)."""
+    insts = list(instruments)
+    adapter.expected = {i.key: i for i in insts}
+    if hasattr(adapter, "known"):
+        adapter.known = {(i.exchange, i.symbol): i for i in insts}
