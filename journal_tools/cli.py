@@ -113,7 +113,7 @@ def _journal(args: argparse.Namespace, config: AppConfig) -> Journal:
     t = config.timescale
     dsn = getattr(args, "journal", None) or t.dsn
     dsn = with_layout_options(dsn, t.layout, t.hot_days, t.retention_days)
-    return open_journal(dsn)
+    return open_journal(dsn, getattr(args, "archive", None))
 
 
 def _param_value(text: str) -> bool | int | float | str:
@@ -545,6 +545,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    from journal_tools.archive import cli_archive
+
+    with _journal(args, _config(args)) as journal:
+        return cli_archive(args, journal)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from journal_tools.demo import run_demo
 
@@ -690,9 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--session-id", help="id for the new session (default: time + random)")
     sp.add_argument("--verify", action="store_true", help="re-derive a session and compare")
     sp.add_argument("--json", action="store_true", help="print the verify result as JSON")
+    sp.add_argument("--archive", metavar="DIR", help="the Parquet archive, if it moved")
 
     sp = add("verify", cmd_verify, "check the hash chain and gap-free seqs of journal streams")
     sp.add_argument("--journal", help="journal DSN")
+    sp.add_argument("--archive", metavar="DIR", help="the Parquet archive, if it moved")
     sp.add_argument("--stream", action="append", default=[], help="only this stream (repeatable)")
 
     sp = add("audit", cmd_audit, "list sessions, or a session's decisions with their reasoning")
@@ -754,6 +763,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--session", help="only this session")
     sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
     sp.add_argument("--limit", type=int, default=50, help="at most this many rows (--show)")
+
+    sp = add(
+        "archive",
+        cmd_archive,
+        "move market data received before a time to Parquet (verified, then deleted from "
+        "the database); replay and verify read both tiers as one",
+    )
+    sp.add_argument("--before", required=True, help="UTC date/time (ISO-8601) or ns, exclusive")
+    sp.add_argument("--dir", help="archive directory (needed the first time; one per journal)")
+    sp.add_argument("--stream", action="append", default=[], help="only this stream (repeatable)")
+    sp.add_argument("--dry-run", action="store_true", help="say what would move; change nothing")
+    sp.add_argument("--journal", help="journal DSN")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sp = add(
         "funding",

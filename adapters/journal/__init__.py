@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from adapters.journal.base import (
     GENESIS_HASH,
     Journal,
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 
-def open_journal(dsn: str) -> Journal:
+def open_journal(dsn: str, archive_dir: str | Path | None = None) -> Journal:
     """Open the journal a DSN names.
 
     * ``memory://``: a fresh :class:`MemoryJournal`.
@@ -48,7 +50,25 @@ def open_journal(dsn: str) -> Journal:
       :class:`PostgresJournal` in schema ``NAME`` (default ``tickerml``), created on first
       open. A server that cannot be reached raises :class:`JournalError` naming host and
       port (never the password).
+
+    A journal with archived rows (``tickerml archive``), or opened with ``archive_dir``
+    (the archive's directory, if it moved), comes wrapped in a
+    :class:`~adapters.journal.parquet.TieredJournal` that reads the Parquet cold tier and
+    the database as one journal.
     """
+    journal = _open_backend(dsn)
+    try:
+        if archive_dir is None and journal.archive_state() is None:
+            return journal
+        from adapters.journal.parquet import TieredJournal
+
+        return TieredJournal(journal, archive_dir)
+    except BaseException:
+        journal.close()
+        raise
+
+
+def _open_backend(dsn: str) -> Journal:
     if not dsn:
         raise JournalError("empty journal DSN")
     scheme, sep, rest = dsn.partition("://")

@@ -23,6 +23,12 @@ Read models
     session's rows in one transaction, :meth:`Journal.read_read_model` reads them back in
     the order written. They are derived data, never events: dropping or rebuilding them
     changes nothing in the journal (``tickerml project --rebuild``).
+Cold tier
+    ``tickerml archive`` moves a prefix of each stream (seqs 1..n) into Parquet files and
+    deletes those rows from the database; :class:`ArchiveState` (in the ``meta`` table)
+    records each stream's boundary, so ``verify`` starts the database part of a chain at
+    seq n + 1 with the archived row n's hash, and ``prev_hash`` of the first row left is
+    that hash. ``adapters.journal.parquet.TieredJournal`` reads both tiers as one journal.
 """
 
 from __future__ import annotations
@@ -163,6 +169,49 @@ class VerifyReport(msgspec.Struct, frozen=True):
     rows: int
     first_bad_seq: int = 0
     reason: str = ""
+
+
+class ArchiveBoundary(msgspec.Struct, frozen=True):
+    """Rows 1..``seq`` of a stream are in the cold tier, no longer in the database;
+    ``hash`` is row ``seq``'s hash, the ``prev_hash`` of the first row still there."""
+
+    seq: int
+    hash: bytes
+
+
+class ArchiveState(msgspec.Struct, frozen=True):
+    """What a journal records about its cold tier (``meta`` key ``archive``): the archive
+    directory (absolute), the generation and SHA-256 of its manifest
+    (``manifest-<generation>.json`` there) and each archived stream's boundary."""
+
+    directory: str
+    generation: int
+    manifest_sha256: str
+    boundaries: dict[str, ArchiveBoundary]
+
+
+ARCHIVE_META_KEY = "archive"
+_ARCHIVE_CODEC = (msgspec.json.Encoder(), msgspec.json.Decoder(ArchiveState))
+
+
+def encode_archive_state(state: ArchiveState) -> str:
+    return _ARCHIVE_CODEC[0].encode(state).decode()
+
+
+def decode_archive_state(text: str | None) -> ArchiveState | None:
+    """The state stored under ``meta`` key ``archive`` (``None``: nothing archived)."""
+    if text is None:
+        return None
+    try:
+        return _ARCHIVE_CODEC[1].decode(text)
+    except msgspec.DecodeError as exc:
+        raise JournalError(f"the journal's archive record does not decode: {exc}") from exc
+
+
+def archive_start(state: ArchiveState | None, stream: str) -> tuple[int, bytes]:
+    """``(last archived seq, its hash)`` of ``stream``; ``(0, GENESIS_HASH)`` if none."""
+    b = None if state is None else state.boundaries.get(stream)
+    return (0, GENESIS_HASH) if b is None else (b.seq, b.hash)
 
 
 ReadModelType = Literal["int", "float", "text"]
@@ -356,6 +405,19 @@ class Journal(ABC):
     @abstractmethod
     def streams(self) -> list[StreamInfo]:
         """Every stream, sorted by name."""
+
+    # -- cold tier -----------------------------------------------------------------------
+
+    def archive_state(self) -> ArchiveState | None:
+        """The journal's cold-tier record; ``None`` while nothing is archived."""
+        return None
+
+    def commit_archive(self, state: ArchiveState, expected_generation: int) -> int:
+        """In one transaction: delete each stream's rows up to its boundary in ``state``
+        and record ``state``; returns the rows deleted. Refused (nothing changed) unless
+        the recorded generation is ``expected_generation`` (0: none) and each boundary's
+        row is still there with the boundary's hash."""
+        raise JournalError(f"{type(self).__name__} has no cold tier (archive needs SQL)")
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:

@@ -56,6 +56,9 @@ Read models
     Tables of their own name in the same schema (``session_id``, ``row_no`` and the
     declared columns as BIGINT, DOUBLE PRECISION, TEXT), listed in ``read_models`` with
     their declared columns (JSON), as in the SQLite backend.
+Cold tier
+    As in the SQLite backend: ``meta`` key ``archive`` holds the :class:`ArchiveState`,
+    archived rows are deleted from ``events`` and ``verify`` starts at each boundary.
 """
 
 from __future__ import annotations
@@ -77,7 +80,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import BytesBinaryDumper
 
 from adapters.journal.base import (
+    ARCHIVE_META_KEY,
     GENESIS_HASH,
+    ArchiveState,
     Journal,
     JournalError,
     JournalRecord,
@@ -87,8 +92,11 @@ from adapters.journal.base import (
     ReadModelValue,
     StreamInfo,
     VerifyReport,
+    archive_start,
     check_read_model,
     check_read_model_rows,
+    decode_archive_state,
+    encode_archive_state,
     read_filters,
     read_model_mismatch,
 )
@@ -1045,14 +1053,15 @@ class PostgresJournal(Journal):
         """Rows of ``query`` (``_READ_COLUMNS``) as records, from one snapshot."""
         with self._snapshot(writer) as conn:
             names: dict[int, str] = dict(conn.execute("SELECT sid, name FROM streams").fetchall())
+            archived = self._archive_state_in(conn)
             rows: Iterator[list[tuple[Any, ...]]]
             if writer:
                 rows = iter([conn.execute(query, params, binary=True).fetchall()])
-                yield from _to_records(rows, names)
+                yield from _to_records(rows, names, archived)
                 return
             with conn.cursor(name="tickerml_read", binary=True) as cur:
                 cur.execute(query, params)
-                yield from _to_records(iter(lambda: cur.fetchmany(_FETCH), []), names)
+                yield from _to_records(iter(lambda: cur.fetchmany(_FETCH), []), names, archived)
 
     # -- read models -------------------------------------------------------------------
 
@@ -1166,6 +1175,7 @@ class PostgresJournal(Journal):
             if tail is None:
                 return VerifyReport(stream=stream, ok=True, rows=0)
             sid, last_seq, last_hash = tail
+            archived, prev = archive_start(self._archive_state_in(conn), stream)
             query = self._sql.verify
             if writer:
                 cur = conn.cursor(binary=True)
@@ -1173,8 +1183,7 @@ class PostgresJournal(Journal):
                 cur = conn.cursor(name="tickerml_verify", binary=True)
             with cur:
                 cur.execute(query, (sid,))
-                prev = GENESIS_HASH
-                n = 0
+                n = archived
                 bad: tuple[int, str] | None = None
                 for r in (r for block in iter(lambda: cur.fetchmany(_FETCH), []) for r in block):
                     n += 1
@@ -1198,7 +1207,7 @@ class PostgresJournal(Journal):
                         "(rows missing at the end, or the tail hash was altered)",
                     )
                 if bad is None:
-                    return VerifyReport(stream=stream, ok=True, rows=n)
+                    return VerifyReport(stream=stream, ok=True, rows=n - archived)
             count = conn.execute("SELECT count(*) FROM events WHERE sid = %s", (sid,)).fetchone()
             return VerifyReport(
                 stream=stream,
@@ -1207,6 +1216,60 @@ class PostgresJournal(Journal):
                 first_bad_seq=bad[0],
                 reason=bad[1],
             )
+
+    # -- cold tier -------------------------------------------------------------------
+
+    def _archive_state_in(self, conn: psycopg.Connection[Any]) -> ArchiveState | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = %s", (ARCHIVE_META_KEY,)).fetchone()
+        return decode_archive_state(None if row is None else row[0])
+
+    def archive_state(self) -> ArchiveState | None:
+        writer = self._reading()
+        with self._snapshot(writer) as conn:
+            return self._archive_state_in(conn)
+
+    def commit_archive(self, state: ArchiveState, expected_generation: int) -> int:
+        with self._write_block("archive") as conn:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tickerml-archive:{self.schema}",)
+            )
+            current = self._archive_state_in(conn)
+            found = 0 if current is None else current.generation
+            if found != expected_generation:
+                raise JournalError(
+                    f"archive generation is {found}, expected {expected_generation} "
+                    "(another archive ran meanwhile); nothing deleted"
+                )
+            deleted = 0
+            for stream, b in sorted(state.boundaries.items()):
+                done, _ = archive_start(current, stream)
+                if b.seq == done:
+                    continue
+                row = conn.execute(
+                    "SELECT s.sid, e.hash FROM streams s JOIN events e "
+                    "ON e.sid = s.sid AND e.seq = %s WHERE s.name = %s FOR UPDATE OF s",
+                    (b.seq, stream),
+                ).fetchone()
+                if b.seq < done or row is None or bytes(row[1]) != b.hash:
+                    raise JournalError(
+                        f"{stream}: seq {b.seq} is not in the database with the archived "
+                        "row's hash; nothing deleted"
+                    )
+                cur = conn.execute(
+                    "DELETE FROM events WHERE sid = %s AND seq <= %s", (row[0], b.seq)
+                )
+                if cur.rowcount != b.seq - done:
+                    raise JournalError(
+                        f"{stream}: expected to delete {b.seq - done} rows, found "
+                        f"{cur.rowcount}; nothing deleted"
+                    )
+                deleted += int(cur.rowcount)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (ARCHIVE_META_KEY, encode_archive_state(state)),
+            )
+        return deleted
 
     def streams(self) -> list[StreamInfo]:
         writer = self._reading()
@@ -1239,12 +1302,18 @@ def write_rows(copy: psycopg.Copy, rows: Sequence[tuple[object, ...]]) -> None:
 
 
 def _to_records(
-    blocks: Iterator[list[tuple[Any, ...]]], names: dict[int, str]
+    blocks: Iterator[list[tuple[Any, ...]]],
+    names: dict[int, str],
+    archived: ArchiveState | None = None,
 ) -> Iterator[JournalRecord]:
     for rows in blocks:
         for row in rows:
             prev = row[11]
-            yield _record(names[row[0]], row[1:11], GENESIS_HASH if prev is None else prev, row[12])
+            name = names[row[0]]
+            if prev is None:  # seq 1, or the previous row was archived
+                done, h = archive_start(archived, name)
+                prev = h if done and done == row[1] - 1 else GENESIS_HASH
+            yield _record(name, row[1:11], prev, row[12])
 
 
 def _record(stream: str, fields: Sequence[Any], prev_hash: bytes, h: bytes) -> JournalRecord:

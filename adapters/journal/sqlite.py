@@ -29,6 +29,10 @@ Replay fast path
     When a range read can only match one market stream, holding one instrument, whose
     rows were appended in canonical order, it is read straight off the clustered key
     (about twice as fast as walking the canonical index).
+Cold tier
+    ``meta`` key ``archive`` holds the :class:`ArchiveState` (JSON); archived rows are
+    deleted from ``events`` (the ``streams`` tails are unchanged), and ``verify`` starts
+    each stream's chain at its boundary.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from typing import Any
 import msgspec
 
 from adapters.journal.base import (
+    ARCHIVE_META_KEY,
     GENESIS_HASH,
+    ArchiveState,
     Journal,
     JournalError,
     JournalRecord,
@@ -53,8 +59,11 @@ from adapters.journal.base import (
     ReadModelValue,
     StreamInfo,
     VerifyReport,
+    archive_start,
     check_read_model,
     check_read_model_rows,
+    decode_archive_state,
+    encode_archive_state,
     read_filters,
     read_model_mismatch,
 )
@@ -590,9 +599,15 @@ class SqliteJournal(Journal):
             "SELECT last_seq, first_ts, last_ts FROM streams WHERE sid = ?", (sid,)
         ).fetchone()
 
+        # rows up to an archive boundary are no longer here: search from the first one left
+        (least,) = conn.execute("SELECT min(seq) FROM events WHERE sid = ?", (sid,)).fetchone()
+        if least is None:
+            return 1, 0
+        first_seq = int(least)
+
         def first_seq_at_or_after(ts: int) -> int:
             """The smallest seq whose ts_recv >= ts (last_seq + 1 if none)."""
-            lo, hi = 1, last_seq + 1
+            lo, hi = first_seq, last_seq + 1
             while lo < hi:
                 mid = (lo + hi) // 2
                 (t,) = conn.execute(
@@ -719,8 +734,8 @@ class SqliteJournal(Journal):
             (st.sid,),
         )
         try:
-            prev = GENESIS_HASH
-            n = 0
+            archived, prev = archive_start(self._archive_state(conn), stream)
+            n = archived
             bad: tuple[int, str] | None = None
             for row in cur:
                 n += 1
@@ -737,13 +752,59 @@ class SqliteJournal(Journal):
                     "(rows missing at the end, or the tail hash was altered)",
                 )
             if bad is None:
-                return VerifyReport(stream=stream, ok=True, rows=n)
+                return VerifyReport(stream=stream, ok=True, rows=n - archived)
             n += sum(1 for _ in cur)  # rows: every row of the stream, checked or not
             return VerifyReport(
-                stream=stream, ok=False, rows=n, first_bad_seq=bad[0], reason=bad[1]
+                stream=stream, ok=False, rows=n - archived, first_bad_seq=bad[0], reason=bad[1]
             )
         finally:
             cur.close()
+
+    # -- cold tier -------------------------------------------------------------------
+
+    def _archive_state(self, conn: sqlite3.Connection) -> ArchiveState | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (ARCHIVE_META_KEY,)).fetchone()
+        return decode_archive_state(None if row is None else row[0])
+
+    def archive_state(self) -> ArchiveState | None:
+        return self._archive_state(self._reader())
+
+    def commit_archive(self, state: ArchiveState, expected_generation: int) -> int:
+        with self._write_block("archive") as conn:
+            current = self._archive_state(conn)
+            found = 0 if current is None else current.generation
+            if found != expected_generation:
+                raise JournalError(
+                    f"archive generation is {found}, expected {expected_generation} "
+                    "(another archive ran meanwhile); nothing deleted"
+                )
+            deleted = 0
+            for stream, b in sorted(state.boundaries.items()):
+                done, _ = archive_start(current, stream)
+                if b.seq == done:
+                    continue
+                row = conn.execute(
+                    "SELECT e.sid, e.hash FROM streams s JOIN events e "
+                    "ON e.sid = s.sid AND e.seq = ? WHERE s.name = ?",
+                    (b.seq, stream),
+                ).fetchone()
+                if b.seq < done or row is None or bytes(row[1]) != b.hash:
+                    raise JournalError(
+                        f"{stream}: seq {b.seq} is not in the database with the archived "
+                        "row's hash; nothing deleted"
+                    )
+                cur = conn.execute("DELETE FROM events WHERE sid = ? AND seq <= ?", (row[0], b.seq))
+                if cur.rowcount != b.seq - done:
+                    raise JournalError(
+                        f"{stream}: expected to delete {b.seq - done} rows, found "
+                        f"{cur.rowcount}; nothing deleted"
+                    )
+                deleted += int(cur.rowcount)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (ARCHIVE_META_KEY, encode_archive_state(state)),
+            )
+        return deleted
 
     def streams(self) -> list[StreamInfo]:
         conn = self._reader()
@@ -826,7 +887,15 @@ def _records(
                         "SELECT hash FROM events WHERE sid = ? AND seq = ?",
                         (sid, seq - 1),
                     ).fetchone()
-                    prev = GENESIS_HASH if found is None else found[0]
+                    if found is not None:
+                        prev = found[0]
+                    else:  # the previous row was archived (or is missing)
+                        meta = conn.execute(
+                            "SELECT value FROM meta WHERE key = ?", (ARCHIVE_META_KEY,)
+                        ).fetchone()
+                        state = decode_archive_state(None if meta is None else meta[0])
+                        done, h = archive_start(state, names[sid])
+                        prev = h if done == seq - 1 else GENESIS_HASH
                 rec = _record(row, names[sid], prev)
                 prev_of[sid] = (seq, rec.hash)
                 yield rec
