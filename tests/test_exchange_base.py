@@ -433,3 +433,30 @@ def test_a_different_kind_refuses_to_start() -> None:
     # run() loads the instruments and refuses before it connects
     with pytest.raises(InstrumentMismatch, match="the venue lists a spot"):
         asyncio.run(asyncio.wait_for(venue.run(sink), 5))
+
+
+def test_planned_rollover_reconnects_before_the_venue_drops_the_connection() -> None:
+    frames = [_frame(101, 101, "99.5", "2"), _frame(102, 102, "99.6", "3")]
+    got: list[Event] = []
+
+    async def main() -> ToyVenue:
+        async with FakeExchange({"/depth?symbol=BTCUSD": SNAP_100}, [WsScript(frames)]) as fx:
+            cfg = _config(fx)
+            cfg.rollover_s = 0.4  # Binance: 24 h; here: a fraction of a second
+            venue = ToyVenue(cfg, limiter=RateLimiter(100, 100))
+
+            async def sink(events: list[Event]) -> None:
+                got.extend(events)
+                if venue.stats.rollovers >= 2:
+                    venue.stop()
+
+            await asyncio.wait_for(venue.run(sink), timeout=10)
+            assert fx.ws_connects >= 2
+            return venue
+
+    venue = asyncio.run(main())
+    assert venue.stats.rollovers >= 2 and venue.stats.reconnects >= 1
+    downs = [e.reason for e in got if isinstance(e, Connectivity) and e.status == "down"]
+    assert downs[:2] == ["planned rollover", "planned rollover"]
+    # each new connection resnapshots and resubscribes
+    assert sum(isinstance(e, BookSnapshot) for e in got) >= 2
