@@ -552,6 +552,65 @@ def cmd_archive(args: argparse.Namespace) -> int:
         return cli_archive(args, journal)
 
 
+def cmd_live(args: argparse.Namespace) -> int:
+    """Run a live paper-trading session (collectors -> Kafka -> kernel -> journal)."""
+    from journal_tools.live import LiveError, load_live_config, run_live
+
+    app = _config(args)
+    if args.bootstrap:
+        app = msgspec.structs.replace(
+            app, kafka=msgspec.structs.replace(app.kafka, bootstrap_servers=args.bootstrap)
+        )
+    try:
+        live = load_live_config(args.config)
+        if args.journal:
+            live = msgspec.structs.replace(live, journal=args.journal)
+        result = run_live(
+            app,
+            live,
+            session_id=args.resume or args.session,
+            resume=bool(args.resume),
+            progress=None if args.quiet else console.print,
+        )
+    except LiveError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    out.print_json(data=msgspec.to_builtins(result))
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Run the exchange collectors into the journal or onto Kafka."""
+    from journal_tools.record import run_record
+
+    config = _config(args)
+    options = dict(kv.split("=", 1) for kv in args.option)
+
+    def go(journal: Journal | None) -> int:
+        result = run_record(
+            config,
+            exchanges=[e for e in args.exchanges.split(",") if e],
+            symbols=[s for s in args.symbols.split(",") if s],
+            to=args.to,
+            journal=journal,
+            raw_dir=args.raw_capture,
+            duration_s=args.duration,
+            channels=[c for c in args.channels.split(",") if c],
+            depth=args.depth,
+            ws_url=args.ws_url,
+            rest_url=args.rest_url,
+            options=options,
+            progress=None if args.quiet else console.print,
+        )
+        out.print_json(data=msgspec.to_builtins(result))
+        return 0
+
+    if args.to == "journal":
+        with _journal(args, config) as journal:
+            return go(journal)
+    return go(None)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from journal_tools.demo import run_demo
 
@@ -800,6 +859,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--once", action="store_true", help="poll every feed once, then exit")
     sp.add_argument("--bootstrap", metavar="HOST:PORT", help="brokers (default: config/env)")
     sp.add_argument("--print", action="store_true", help="print the events, produce nothing")
+
+    sp = add("live", cmd_live, "run the kernel live: collectors -> Kafka -> kernel -> journal")
+    sp.add_argument("--config", required=True, type=Path, help="live config YAML (feeds...)")
+    sp.add_argument("--session", help="session id for a new session (default: generated)")
+    sp.add_argument("--resume", metavar="SESSION", help="continue SESSION from its checkpoint")
+    sp.add_argument("--journal", help="journal URL (overrides the live config)")
+    sp.add_argument("--bootstrap", metavar="HOST:PORT", help="brokers (default: config/env)")
+
+    sp = add("record", cmd_record, "run exchange collectors into the journal or onto Kafka")
+    sp.add_argument("--exchanges", required=True, help="comma list (binance,kraken,...)")
+    sp.add_argument("--symbols", required=True, help="comma list (BTC-USDT or BTCUSDT, ...)")
+    sp.add_argument("--to", choices=["journal", "kafka"], default="journal")
+    sp.add_argument("--journal", help="journal DSN (--to journal)")
+    sp.add_argument("--raw-capture", type=Path, metavar="DIR", help="also save raw frames")
+    sp.add_argument("--duration", type=float, help="seconds to record (default: until ^C)")
+    sp.add_argument("--channels", default="book,trades,funding", help="book,trades,funding")
+    sp.add_argument("--depth", type=int, default=50, help="book levels (20 or 50 typical)")
+    sp.add_argument("--ws-url", help="override the venue's WebSocket URL (e.g. a local fake)")
+    sp.add_argument("--rest-url", help="override the venue's REST base URL")
+    sp.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option"
+    )
 
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
