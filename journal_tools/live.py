@@ -76,6 +76,7 @@ from adapters.kafka import (
     consume_into_journal,
     default_stream,
 )
+from journal_tools.record import funding_alerts, system_stream
 from journal_tools.session import (
     END_OF_TIME,
     SessionError,
@@ -85,7 +86,6 @@ from journal_tools.session import (
 )
 from kernel.config import AppConfig, KafkaConfig, canonical_json, config_hash
 from kernel.events import (
-    Connectivity,
     Event,
     Heartbeat,
     LateEvent,
@@ -94,6 +94,7 @@ from kernel.events import (
     SessionStarted,
     event_id,
 )
+from kernel.funding import DEFAULT_ALERT_RATE, FundingMonitor
 from kernel.instruments import Instrument
 from kernel.sync import SyncConfig, Synchronizer
 from strategies import build_strategy
@@ -102,8 +103,6 @@ log = structlog.get_logger("tickerml.live")
 
 HEARTBEAT_STREAM = "md.HEARTBEAT"
 """Heartbeats are kernel inputs (they advance the clock): journaled with the market data."""
-CONNECTIVITY_STREAM = "sys.CONNECTIVITY"
-"""Link up/down/resync events: journaled for audits and data quality, not kernel inputs."""
 
 INPUT_TOPICS = ("orderbooks", "trades", "funding", "news", "system")
 
@@ -179,9 +178,7 @@ def input_stream(event: Event) -> str | None:
     """The journal stream of a bus event for the sink (None: not journaled by the sink)."""
     if isinstance(event, Heartbeat):
         return HEARTBEAT_STREAM
-    if isinstance(event, Connectivity):
-        return CONNECTIVITY_STREAM
-    return default_stream(event)
+    return system_stream(event) or default_stream(event)
 
 
 CHECKPOINT_MODEL = "live_checkpoints"
@@ -407,7 +404,11 @@ class Collectors:
     """Runs the feed adapters and the heartbeat ticker in a background asyncio thread."""
 
     def __init__(
-        self, live: LiveConfig, producer: EventProducer, instruments: Sequence[Instrument] = ()
+        self,
+        live: LiveConfig,
+        producer: EventProducer,
+        instruments: Sequence[Instrument] = (),
+        alert_rate: int = DEFAULT_ALERT_RATE,
     ) -> None:
         self.live = live
         self.producer = producer
@@ -425,6 +426,7 @@ class Collectors:
             adapter = cls(cfg)
             registry.configure_for_kernel(adapter, instruments)
             self.adapters.append(adapter)
+        self.monitor = FundingMonitor(list(instruments), alert_rate) if instruments else None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -448,6 +450,8 @@ class Collectors:
             self._stopped.set()
 
     async def _sink(self, events: list[Event]) -> None:
+        if self.monitor is not None:
+            events = [*events, *funding_alerts(self.monitor, events)]
         produce = self.producer.produce
         for ev in events:
             produce(ev)
@@ -554,7 +558,12 @@ def run_live(
     sink = EventConsumer(
         kafka, f"{live.group}-journal", INPUT_TOPICS, assign=True, overrides=overrides
     )
-    collectors = Collectors(live, in_producer, list(app.instruments.instruments))
+    collectors = Collectors(
+        live,
+        in_producer,
+        list(app.instruments.instruments),
+        app.monitoring.funding_rate_alert_units,
+    )
     collectors.start()
     say = progress or (lambda _m: None)
     say(f"live session {session_id}: {len(collectors.adapters)} feed(s), journal {live.journal}")

@@ -41,12 +41,37 @@ from adapters.exchanges.base import ExchangeInterface, FeedConfig
 from adapters.exchanges.registry import adapter_class, configure_for_kernel
 from adapters.journal.base import Journal
 from kernel.config import AppConfig
-from kernel.events import Connectivity, Event, Heartbeat
-from kernel.instruments import Instrument
+from kernel.events import Alert, Connectivity, Event, FundingRate, Heartbeat, MarkPrice
+from kernel.funding import DEFAULT_ALERT_RATE, FundingMonitor
+from kernel.instruments import Instrument, InstrumentError
 
 log = structlog.get_logger("tickerml.record")
 
 CONNECTIVITY_STREAM = "sys.CONNECTIVITY"
+"""Link up/down/resync events: journaled for audits and data quality, not kernel inputs."""
+ALERTS_STREAM = "sys.ALERTS"
+"""Alerts raised at collection (funding above the threshold)."""
+
+
+def system_stream(event: Event) -> str | None:
+    """The journal stream of a collector event that is not a kernel input."""
+    if isinstance(event, Connectivity):
+        return CONNECTIVITY_STREAM
+    if isinstance(event, Alert):
+        return ALERTS_STREAM
+    return None
+
+
+def funding_alerts(monitor: FundingMonitor, events: Sequence[Event]) -> list[Alert]:
+    """Feed funding and mark events to ``monitor``; the alerts it raised."""
+    out: list[Alert] = []
+    for ev in events:
+        if isinstance(ev, FundingRate | MarkPrice):
+            try:
+                out.extend(monitor.apply(ev))
+            except InstrumentError:
+                continue  # not a configured perp: no funding cycle to judge it by
+    return out
 
 
 class RecordError(ValueError):
@@ -135,11 +160,14 @@ async def record(
     heartbeat_s: float = 1.0,
     stop: asyncio.Event | None = None,
     progress: Callable[[str], None] | None = None,
+    instruments: Sequence[Instrument] = (),
+    alert_rate: int = DEFAULT_ALERT_RATE,
 ) -> RecordResult:
     """Run ``adapters`` until ``duration_s`` has passed or ``stop`` is set."""
     from adapters.kafka import default_stream
 
     stop = stop or asyncio.Event()
+    monitor = FundingMonitor(list(instruments), alert_rate) if instruments else None
     pending: list[Event] = []
     counts = {"events": 0, "journaled": 0, "produced": 0}
     captures: list[RawCapture] = []
@@ -157,7 +185,7 @@ async def record(
         if journal is not None:
             by_stream: dict[str, list[Event]] = {}
             for ev in events:
-                stream = CONNECTIVITY_STREAM if isinstance(ev, Connectivity) else default_stream(ev)
+                stream = system_stream(ev) or default_stream(ev)
                 if stream is not None:
                     by_stream.setdefault(stream, []).append(ev)
             with journal.transaction():
@@ -173,6 +201,10 @@ async def record(
     async def sink(events: list[Event]) -> None:
         pending.extend(events)
         counts["events"] += len(events)
+        if monitor is not None:
+            for alert in funding_alerts(monitor, events):
+                pending.append(alert)
+                log.warning("funding_alert", message=alert.message)
         if len(pending) >= batch:
             flush()
 
@@ -281,6 +313,8 @@ def run_record(
             duration_s=duration_s,
             stop=stop,
             progress=progress,
+            instruments=list(app.instruments.instruments),
+            alert_rate=app.monitoring.funding_rate_alert_units,
         )
 
     try:

@@ -120,3 +120,27 @@ def test_record_names_unknown_exchanges_clearly() -> None:
     with pytest.raises(RecordError, match="at least one symbol"):
         build_adapters(["binance"], [], ["book"], 50)
     assert adapter_class("binance").__name__ == "BinanceSpot"
+
+
+def test_funding_above_the_threshold_raises_one_alert_per_cycle_at_collection() -> None:
+    from adapters.config_loader import load_config
+    from journal_tools.live import input_stream
+    from journal_tools.record import funding_alerts, system_stream
+    from kernel.events import Alert, Connectivity, FundingRate
+    from kernel.funding import FundingMonitor
+
+    app = load_config(Path(__file__).resolve().parents[1] / "config")
+    monitor = FundingMonitor(list(app.instruments.instruments), 10_000_000)  # 0.1 %
+    t0 = 1_735_689_600_000_000_000  # 2025-01-01 00:00 UTC
+    rate = FundingRate(t0, t0, "BINANCE", "BTC-USDT-PERP", 0, 10_000_001)  # 0.1000001 %
+    alerts = funding_alerts(monitor, [rate])
+    assert len(alerts) == 1 and alerts[0].rule == "funding_rate_high"
+    again = FundingRate(t0 + 10**9, t0 + 10**9, "BINANCE", "BTC-USDT-PERP", 0, 20_000_000)
+    assert funding_alerts(monitor, [again]) == []  # same cycle: once
+    unknown = FundingRate(t0, t0, "BINANCE", "NOPE-USDT-PERP", 0, 50_000_000)
+    (other,) = funding_alerts(monitor, [unknown])  # its own cycle (default 8 h grid)
+    assert "NOPE-USDT-PERP funding rate +0.5000%" in other.message
+    assert system_stream(alerts[0]) == input_stream(alerts[0]) == "sys.ALERTS"
+    link = Connectivity(t0, t0, "BINANCE", "BTC-USDT", "up", "connected")
+    assert input_stream(link) == "sys.CONNECTIVITY"
+    assert isinstance(alerts[0], Alert)
