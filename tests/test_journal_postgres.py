@@ -29,7 +29,7 @@ from adapters.journal import (
     prepare,
 )
 from adapters.journal.base import ReadModelColumn
-from kernel.events import BookDelta, encode
+from kernel.events import BookDelta, Heartbeat, encode
 
 BTC = market_stream("BINANCE", "BTC-USDT")
 ETH = market_stream("BINANCE", "ETH-USDT")
@@ -423,12 +423,41 @@ def test_batch_spanning_three_days_lands_in_three_day_partitions(
         assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(records))
         assert [r.seq for r in j.read_range()] == [*range(1, 41), 1]  # canonical order
         assert j.verify(BTC) == VerifyReport(stream=BTC, ok=True, rows=40)
-        # the unique index holds (event_id, id_ts); id_ts is the id's time prefix, so a
-        # row whose id_ts was edited is reported (it would sit in the wrong partition)
-        _raw(pg_dsn, pg_schema, "UPDATE events SET id_ts = id_ts + 1 WHERE seq = 7 AND sid = 1")
-        report = j.verify(BTC)
-        assert (report.ok, report.first_bad_seq) == (False, 7)
-        assert "is not the time prefix of its event id" in report.reason
+    # the partition key is event_id itself (ranges of its 8-byte time prefix), so the
+    # idempotence constraint is UNIQUE (event_id) alone, as in the plain layout
+    unique = _raw(
+        pg_dsn,
+        pg_schema,
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = 'events'::regclass AND contype = 'u'",
+    )
+    assert unique == [("UNIQUE (event_id)",)]
+    bounds = _raw(
+        pg_dsn,
+        pg_schema,
+        "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'events_p20250102'",
+    )
+    jan2, jan3 = ((JAN1 + d * DAY).to_bytes(8, "big").hex() for d in (1, 2))
+    assert bounds == [(f"FOR VALUES FROM ('\\x{jan2}') TO ('\\x{jan3}')",)]
+
+
+def test_ids_of_any_shape_find_their_partition(pg_dsn: str, pg_schema: str) -> None:
+    """Partitions follow PostgreSQL's bytea order of the ids: a time before 1970 (its
+    prefix, read unsigned, sorts after every later time) and ids shorter than 8 bytes."""
+    hb = Heartbeat(ts_event=1, ts_recv=1, stream="x")
+    before_1970 = (-1).to_bytes(8, "big", signed=True) + b"12345678"  # 1969-12-31T23:59:59.999
+    ids = [b"", b"\x00\x01", before_1970, (JAN1 + DAY).to_bytes(8, "big")[:5], b"\xff" * 3]
+    # b'\x00\x01' is 2**48 ns (1970-01-04T06:11) less a little
+    assert [postgres_backend.id_day(i) for i in ids] == [0, 3, -1, 20089, -1]
+    with PostgresJournal(pg_dsn, schema=pg_schema, layout="partitioned") as j:
+        assert j.append("session.ids", [hb] * 5, event_ids=ids) == [1, 2, 3, 4, 5]
+        assert j.append("session.ids", [hb] * 5, event_ids=ids[::-1]) == [5, 4, 3, 2, 1]
+    assert _rows_per_partition(pg_dsn, pg_schema) == {
+        "events_p19691231": 2,
+        "events_p19700101": 1,
+        "events_p19700104": 1,
+        "events_p20250101": 1,  # 5 bytes of Jan 2's prefix sort just below Jan 2
+    }
 
 
 def test_a_partition_dropped_behind_the_journals_back_is_created_again(

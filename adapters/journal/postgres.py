@@ -15,32 +15,34 @@ Schema (in schema ``tickerml`` unless told otherwise; layouts in docs/storage.md
     (NULL once a stream holds several); ``events`` in the layout chosen when the journal
     was created:
 
+    * ``partitioned`` (schema version 2), where TimescaleDB cannot be used: native range
+      partitions of ``event_id`` itself, one per UTC day of the ids' 8-byte time prefix
+      (``events_pYYYYMMDD``, bounds in bytea order: :func:`partition_bounds`), created by
+      the append that first touches the day, before its COPY
+      (:meth:`PostgresJournal._ensure_partitions`);
     * ``timescaledb`` (schema version 2), where ``CREATE EXTENSION timescaledb`` works: a
-      hypertable on ``id_ts`` in chunks of one UTC day, compressed (segmented by stream,
+      hypertable on ``id_ts``, the ids' time prefix as a signed integer
+      (:func:`id_time`), in chunks of one UTC day, compressed (segmented by stream,
       ordered by seq) once older than ``hot_days``, dropped after ``retention_days`` when
       that is set (> 0);
-    * ``partitioned`` (schema version 2), otherwise: native range partitions of ``id_ts``,
-      one per UTC day (``events_pYYYYMMDD``), created by the append that first touches
-      the day, before its COPY (:meth:`PostgresJournal._ensure_partitions`);
     * ``plain`` (schema version 1): the one table of journals created before layouts
       existed, opened and written as it is (``tickerml migrate`` to another schema moves
       it into a partitioned one).
 
-    ``id_ts`` is the event id's first 8 bytes read as a signed integer (:func:`id_time`):
-    the event's time for every id made by :func:`kernel.events.event_id`, which puts the
-    time first. A unique index of a partitioned table (or hypertable) must contain the
-    partition key, so idempotence is ``UNIQUE (event_id, id_ts)``: as ``id_ts`` is a
-    function of ``event_id`` this is exactly as strict as ``UNIQUE (event_id)``, whatever
-    the ids look like, and one id always lands in the same partition. The primary key is
-    ``(sid, seq, id_ts)`` for the same reason (seqs stay gap-free and unique through the
-    stream lock), and each row stores its ``prev_hash``: finding the previous row by
-    ``(sid, seq - 1)`` would have to probe every partition. ``verify`` checks the stored
-    ``prev_hash`` and ``id_ts`` of every row. In the ``plain`` layout ``event_id`` alone
-    is unique, the key is ``(sid, seq)`` and ``prev_hash`` is the previous row's ``hash``,
-    joined in when reading. The canonical-order index is partial (``WHERE market``) so
-    session rows stay out of it. Text that takes part in an order (stream names,
-    exchange, symbol, session ids) is ``COLLATE "C"``: bytewise, as Python and SQLite
-    compare strings.
+    Ids made by :func:`kernel.events.event_id` (and by the importers) start with the
+    event time, big-endian, so both keys put a day's events together. A unique index of a
+    partitioned table (or hypertable) must contain the partition key: partitioned by
+    ``event_id``, idempotence stays ``UNIQUE (event_id)``; a hypertable needs a time
+    column, so it is ``UNIQUE (event_id, id_ts)``, as strict since ``id_ts`` is a function
+    of ``event_id`` (``verify`` checks each row's ``id_ts``). Either way one id always
+    lands in one partition or chunk, whatever the ids look like. ``(sid, seq)`` is a
+    plain index there (seqs stay gap-free and unique through the stream lock) and each row
+    stores its ``prev_hash``: finding the previous row by ``(sid, seq - 1)`` would probe
+    every partition; ``verify`` checks it. In the ``plain`` layout ``(sid, seq)`` is the
+    primary key and ``prev_hash`` is the previous row's ``hash``, joined in when reading.
+    The canonical-order index is partial (``WHERE market``) so session rows stay out of
+    it. Text that takes part in an order (stream names, exchange, symbol, session ids) is
+    ``COLLATE "C"``: bytewise, as Python and SQLite compare strings.
 Appends and concurrency
     An append locks its stream's row (``SELECT ... FOR UPDATE``), so writers to one
     stream queue up and seqs stay gap-free. Seqs and hashes are computed here for the
@@ -113,9 +115,9 @@ LAYOUTS = ("auto", "timescaledb", "partitioned", "plain")
 """``auto``: TimescaleDB where the extension can be used, else ``partitioned``."""
 
 DAY_NS = 86_400 * 1_000_000_000
-"""One partition (or chunk) of ``events``: a UTC day of ``id_ts``."""
+"""One partition (or chunk) of ``events``: a UTC day of the event ids' time prefix."""
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT64_MIN = -(2**63)
 _EPOCH_DAY = date(1970, 1, 1)
 _PARTITION = re.compile(r"events_p(\d{4})(\d{2})(\d{2})")
 
@@ -163,11 +165,10 @@ _PLAIN_EVENTS = (
 )
 """The ``plain`` layout (schema version 1), as journals created before layouts have it."""
 
-_DAILY_EVENTS = """CREATE TABLE events (
+_DAILY_COLUMNS = """
         sid       INTEGER NOT NULL,
         seq       BIGINT  NOT NULL,
-        event_id  BYTEA   NOT NULL,
-        id_ts     BIGINT  NOT NULL,
+        event_id  BYTEA   NOT NULL,{id_ts}
         ts_event  BIGINT  NOT NULL,
         ts_recv   BIGINT  NOT NULL,
         priority  INTEGER NOT NULL,
@@ -178,12 +179,27 @@ _DAILY_EVENTS = """CREATE TABLE events (
         market    BOOLEAN NOT NULL,
         payload   BYTEA   NOT NULL,
         prev_hash BYTEA   NOT NULL,
-        hash      BYTEA   NOT NULL,
-        PRIMARY KEY (sid, seq, id_ts),
-        UNIQUE (event_id, id_ts)
-    )"""
-"""``events`` of the ``partitioned`` (with ``PARTITION BY RANGE (id_ts)``) and
-``timescaledb`` layouts."""
+        hash      BYTEA   NOT NULL"""
+
+_PARTITIONED_EVENTS = (
+    "CREATE TABLE events (" + _DAILY_COLUMNS.format(id_ts="") + ",\n        UNIQUE (event_id)\n"
+    "    ) PARTITION BY RANGE (event_id)",
+    "CREATE INDEX events_stream ON events (sid, seq)",
+    f"CREATE INDEX events_canonical ON events {_CANONICAL}",
+)
+"""The ``partitioned`` layout: ranges of ``event_id`` (bytewise), one UTC day of the ids'
+time prefix each, so ``UNIQUE (event_id)`` contains the partition key as PostgreSQL
+requires."""
+
+_TIMESCALEDB_EVENTS = (
+    "CREATE TABLE events ("
+    + _DAILY_COLUMNS.format(id_ts="\n        id_ts     BIGINT  NOT NULL,")
+    + ",\n        UNIQUE (event_id, id_ts)\n    )",
+    "CREATE INDEX events_stream ON events (sid, seq)",
+    f"CREATE INDEX events_canonical ON events {_CANONICAL}",
+)
+"""The ``timescaledb`` layout: a hypertable needs an integer or time column to chunk by,
+``id_ts`` (the id's time prefix), which its unique indexes must contain."""
 
 _STAGING = "tickerml_staging"
 _UPDATE_TAIL = (
@@ -226,24 +242,27 @@ class _Statements:
     verify: str
 
 
-def _statements(daily: bool) -> _Statements:
+def _statements(layout: Layout) -> _Statements:
     names = ["sid", "seq", "event_id", "ts_event", "ts_recv", "priority", "kind"]
     names += ["exchange", "symbol", "src_seq", "market", "payload", "hash"]
     types = ["int4", "int8", "bytea", "int8", "int8", "int4", "text"]
     types += ["text", "text", "int8", "bool", "bytea", "bytea"]
     sql_types = ["INTEGER", "BIGINT", "BYTEA", "BIGINT", "BIGINT", "INTEGER", "TEXT"]
     sql_types += ["TEXT", "TEXT", "BIGINT", "BOOLEAN", "BYTEA", "BYTEA"]
-    if daily:
-        names[3:3], types[3:3], sql_types[3:3] = ["id_ts"], ["int8"], ["BIGINT"]
+    stored_prev = layout != "plain"
+    if stored_prev:
         names[-1:-1], types[-1:-1], sql_types[-1:-1] = ["prev_hash"], ["bytea"], ["BYTEA"]
+    if layout == "timescaledb":
+        names[3:3], types[3:3], sql_types[3:3] = ["id_ts"], ["int8"], ["BIGINT"]
     cols = ", ".join(names)
-    conflict = "(event_id, id_ts)" if daily else "(event_id)"
+    conflict = "(event_id, id_ts)" if layout == "timescaledb" else "(event_id)"
     staged = f"WITH staged AS (DELETE FROM {_STAGING} RETURNING {cols}), "
     arrays = ", ".join(f"%s::{t}[]" for t in types)
     read = "e.sid, e.seq, e.event_id, e.ts_event, e.ts_recv, e.priority, e.kind, e.exchange, "
-    read += "e.symbol, e.src_seq, e.payload, " + ("e.prev_hash" if daily else "p.hash")
+    read += "e.symbol, e.src_seq, e.payload, " + ("e.prev_hash" if stored_prev else "p.hash")
     verify = "SELECT seq, event_id, ts_event, ts_recv, priority, kind, exchange, symbol, "
-    verify += "src_seq, payload, hash" + (", prev_hash, id_ts" if daily else "")
+    verify += "src_seq, payload, hash" + (", prev_hash" if stored_prev else "")
+    verify += ", id_ts" if layout == "timescaledb" else ""
     return _Statements(
         copy_types=tuple(types),
         staging_ddl=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ("
@@ -256,15 +275,18 @@ def _statements(daily: bool) -> _Statements:
         insert_arrays=f"WITH ins AS (INSERT INTO events ({cols}) SELECT * FROM unnest({arrays}) "
         f"ON CONFLICT {conflict} DO NOTHING RETURNING 1), {_TAIL}",
         probe="SELECT event_id, seq FROM events WHERE event_id = ANY(%s)"
-        + (" AND id_ts = ANY(%s)" if daily else ""),
+        + (" AND id_ts = ANY(%s)" if layout == "timescaledb" else ""),
         read_columns=read + ", e.hash",
-        prev_join="" if daily else "LEFT JOIN events p ON p.sid = e.sid AND p.seq = e.seq - 1",
+        prev_join=""
+        if stored_prev
+        else "LEFT JOIN events p ON p.sid = e.sid AND p.seq = e.seq - 1",
         verify=verify + " FROM events WHERE sid = %s ORDER BY seq",
     )
 
 
-_PLAIN_SQL = _statements(daily=False)
-_DAILY_SQL = _statements(daily=True)
+_STATEMENTS: dict[Layout, _Statements] = {
+    layout: _statements(layout) for layout in ("plain", "partitioned", "timescaledb")
+}
 
 
 def id_time(event_id: bytes) -> int:
@@ -281,14 +303,35 @@ def partition_name(day: int) -> str:
     return f"events_p{_EPOCH_DAY + timedelta(days=day):%Y%m%d}"
 
 
+def id_day(event_id: bytes) -> int:
+    """The UTC day (since 1970-01-01) whose partition holds ``event_id``: the day of its
+    time prefix (:func:`id_time`). Partitions are ranges of ``event_id`` in PostgreSQL's
+    bytea order (bytewise, a shorter value first on a tie), which for ids of 8 bytes or
+    more is the order of the prefix read unsigned; a shorter id sorts just below its
+    zero-padded form."""
+    head = event_id[:8]
+    unsigned = int.from_bytes(head.ljust(8, b"\0"), "big")
+    if len(head) < 8 and unsigned:
+        unsigned -= 1
+    signed = unsigned - 2**64 if unsigned >= 2**63 else unsigned
+    return signed // DAY_NS
+
+
+def _bytea_bound(unsigned: int) -> sql.Composable:
+    if unsigned >= 2**64:
+        return sql.SQL("MAXVALUE")
+    return sql.SQL("{}::bytea").format(sql.Literal("\\x" + unsigned.to_bytes(8, "big").hex()))
+
+
 def partition_bounds(day: int) -> tuple[sql.Composable, sql.Composable]:
-    """The ``FROM (...) TO (...)`` bounds of a day's partition (MINVALUE / MAXVALUE at
-    the ends of the BIGINT range)."""
-    lo, hi = day * DAY_NS, (day + 1) * DAY_NS
-    return (
-        sql.SQL("MINVALUE") if lo <= _INT64_MIN else sql.Literal(lo),
-        sql.SQL("MAXVALUE") if hi > _INT64_MAX else sql.Literal(hi),
-    )
+    """The ``FROM (...) TO (...)`` bounds (bytea) of day ``day``'s partition: the 8-byte
+    prefixes of its first and next day's times, as unsigned big-endian bytes (the
+    negative times before 1970 sort after the positive ones, day -1 ending at MAXVALUE).
+    Day 0 starts at MINVALUE, so even ids shorter than 8 bytes have a partition."""
+    lo, hi = max(day * DAY_NS, _INT64_MIN), min((day + 1) * DAY_NS, 2**63)
+    lo_u = lo % 2**64
+    hi_u = hi if hi > 0 else hi + 2**64  # day -1 ends at 2**64: MAXVALUE
+    return (sql.SQL("MINVALUE") if day == 0 else _bytea_bound(lo_u), _bytea_bound(hi_u))
 
 
 _STREAM_ROW = (
@@ -428,7 +471,7 @@ class PostgresJournal(Journal):
                 f"{', '.join(LAYOUTS)}"
             )
         self.layout: Layout = "plain"
-        self._sql = _PLAIN_SQL
+        self._sql = _STATEMENTS["plain"]
         self._days: frozenset[int] | None = None
         self._ts_schema = ""
         self.layout_reason = ""
@@ -450,7 +493,7 @@ class PostgresJournal(Journal):
         try:
             self._conn = self._connect(autocommit=True)
             self._init_schema(self._conn)
-            self._sql = _PLAIN_SQL if self.layout == "plain" else _DAILY_SQL
+            self._sql = _STATEMENTS[self.layout]
             self._conn.execute(self._sql.staging_ddl)
         except psycopg.Error as exc:
             self.close()
@@ -551,9 +594,9 @@ class PostgresJournal(Journal):
             for stmt in _PLAIN_EVENTS:
                 conn.execute(stmt)
         else:
-            partitioned = " PARTITION BY RANGE (id_ts)" if layout == "partitioned" else ""
-            conn.execute(_DAILY_EVENTS + partitioned)
-            conn.execute(f"CREATE INDEX events_canonical ON events {_CANONICAL}")
+            ddl = _PARTITIONED_EVENTS if layout == "partitioned" else _TIMESCALEDB_EVENTS
+            for stmt in ddl:
+                conn.execute(stmt)
         if layout == "timescaledb":
             self._timescaledb_policies(conn)
         version = PLAIN_SCHEMA_VERSION if layout == "plain" else SCHEMA_VERSION
@@ -835,10 +878,12 @@ class PostgresJournal(Journal):
         exchange, symbol = st.exchange, st.symbol
         # event_id -> seq for ids already stored (when probing) or earlier in this batch.
         known: dict[bytes, int] = {}
-        daily = self.layout != "plain"
+        layout = self.layout
         if probe:
             ids = list({ev.event_id for ev in events})
-            params: tuple[object, ...] = (ids, [id_time(i) for i in ids]) if daily else (ids,)
+            params: tuple[object, ...] = (ids,)
+            if layout == "timescaledb":
+                params = (ids, [id_time(i) for i in ids])
             for eid, seq in conn.execute(self._sql.probe, params):
                 known[eid] = seq
         seqs: list[int] = []
@@ -867,7 +912,44 @@ class PostgresJournal(Journal):
                 exchange = symbol = None
             # == chain_hash(prev, eid, payload), inlined for the hot path.
             h = blake2b(prev + prefix[len(eid)] + eid + ev.payload, digest_size=32).digest()
-            if daily:
+            if layout == "partitioned":
+                add_row(
+                    (
+                        sid,
+                        last_seq,
+                        eid,
+                        ev.ts_event,
+                        ts,
+                        ev.priority,
+                        ev.kind,
+                        ev.exchange,
+                        ev.symbol,
+                        ev.src_seq,
+                        market,
+                        ev.payload,
+                        prev,
+                        h,
+                    )
+                )
+            elif layout == "plain":
+                add_row(
+                    (
+                        sid,
+                        last_seq,
+                        eid,
+                        ev.ts_event,
+                        ts,
+                        ev.priority,
+                        ev.kind,
+                        ev.exchange,
+                        ev.symbol,
+                        ev.src_seq,
+                        market,
+                        ev.payload,
+                        h,
+                    )
+                )
+            else:
                 add_row(
                     (
                         sid,
@@ -884,24 +966,6 @@ class PostgresJournal(Journal):
                         market,
                         ev.payload,
                         prev,
-                        h,
-                    )
-                )
-            else:
-                add_row(
-                    (
-                        sid,
-                        last_seq,
-                        eid,
-                        ev.ts_event,
-                        ts,
-                        ev.priority,
-                        ev.kind,
-                        ev.exchange,
-                        ev.symbol,
-                        ev.src_seq,
-                        market,
-                        ev.payload,
                         h,
                     )
                 )
@@ -922,7 +986,14 @@ class PostgresJournal(Journal):
             sid,
         )
         if self.layout == "partitioned":
-            self._ensure_partitions(conn, {row[3] // DAY_NS for row in rows})  # type: ignore[operator]
+            from_bytes = int.from_bytes  # == id_day(eid) for ids of 8 bytes and more
+            days = {
+                from_bytes(eid[:8], "big", signed=True) // DAY_NS
+                if len(eid := ev.event_id) >= 8
+                else id_day(eid)
+                for ev in events
+            }
+            self._ensure_partitions(conn, days)
         statements = self._sql
         try:
             with conn.cursor() as cur:
@@ -1194,7 +1265,7 @@ class PostgresJournal(Journal):
                         bad = (
                             n,
                             f"seq {n}: id_ts {r[12]} is not the time prefix of its event id "
-                            f"({id_time(r[1])}): it is in the wrong partition",
+                            f"({id_time(r[1])}): it is in the wrong chunk",
                         )
                     if bad is not None:
                         break
