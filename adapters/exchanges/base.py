@@ -973,22 +973,23 @@ class ExchangeInterface(ABC):
             return ev
         dp, ds = scale
         if isinstance(ev, BookSnapshot | BookDelta):
-            bids = self._levels(ev.bids, dp, ds)
-            asks = self._levels(ev.asks, dp, ds)
+            bids = self._rescale_levels(ev.bids, dp, ds)
+            asks = self._rescale_levels(ev.asks, dp, ds)
             if not bids and not asks and (ev.bids or ev.asks):
                 return None
             return replace_struct(ev, bids=bids, asks=asks)
         if isinstance(ev, Trade):
-            return replace_struct(ev, price=self._round(ev.price, dp), size=_floor(ev.size, ds))
+            price = self._rescale_price(ev.price, dp)
+            return replace_struct(ev, price=price, size=_floor(ev.size, ds))
         if isinstance(ev, MarkPrice):
             return replace_struct(
                 ev,
-                mark_price=self._round(ev.mark_price, dp),
-                index_price=self._round(ev.index_price, dp),
+                mark_price=self._rescale_price(ev.mark_price, dp),
+                index_price=self._rescale_price(ev.index_price, dp),
             )
         return ev
 
-    def _levels(self, levels: tuple[Level, ...], dp: int, ds: int) -> tuple[Level, ...]:
+    def _rescale_levels(self, levels: tuple[Level, ...], dp: int, ds: int) -> tuple[Level, ...]:
         if dp >= 0 and ds >= 0:
             pm, sm = POW10[dp], POW10[ds]
             return tuple((p * pm, s * sm) for p, s in levels)
@@ -1001,7 +1002,7 @@ class ExchangeInterface(ABC):
             out.append((price, _floor(s, ds)))
         return tuple(out)
 
-    def _round(self, units: int, d: int) -> int:
+    def _rescale_price(self, units: int, d: int) -> int:
         if d >= 0:
             return units * POW10[d]
         exact = _exact(units, d)
