@@ -441,6 +441,24 @@ def test_batch_spanning_three_days_lands_in_three_day_partitions(
     assert bounds == [(f"FOR VALUES FROM ('\\x{jan2}') TO ('\\x{jan3}')",)]
 
 
+def test_a_batch_whose_middle_is_on_another_day_still_finds_its_partition(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """The append creates partitions for the first and last id's day; an id in between
+    on another day is refused by PostgreSQL (no partition), and the retry creates every
+    day's partition: all rows stored once, seqs gap-free."""
+    with PostgresJournal(pg_dsn, schema=pg_schema, layout="partitioned") as j:
+        times = [JAN1 + 10 + n for n in range(20)]
+        times[10] = JAN1 + 5 * DAY + 10  # Jan 6, between two Jan 1 ids
+        batch = [delta(n + 1, ts) for n, ts in enumerate(times)]
+        assert j.append(BTC, batch) == list(range(1, 21))
+        assert _rows_per_partition(pg_dsn, pg_schema) == {
+            "events_p20250101": 19,
+            "events_p20250106": 1,
+        }
+        assert j.verify(BTC) == VerifyReport(stream=BTC, ok=True, rows=20)
+
+
 def test_ids_of_any_shape_find_their_partition(pg_dsn: str, pg_schema: str) -> None:
     """Partitions follow PostgreSQL's bytea order of the ids: a time before 1970 (its
     prefix, read unsigned, sorts after every later time) and ids shorter than 8 bytes."""

@@ -986,14 +986,15 @@ class PostgresJournal(Journal):
             sid,
         )
         if self.layout == "partitioned":
-            from_bytes = int.from_bytes  # == id_day(eid) for ids of 8 bytes and more
-            days = {
-                from_bytes(eid[:8], "big", signed=True) // DAY_NS
-                if len(eid := ev.event_id) >= 8
-                else id_day(eid)
-                for ev in events
-            }
-            self._ensure_partitions(conn, days)
+            # Ids are time-prefixed and batches come in time order: when the first and the
+            # last id fall on one day, so (almost always) does every id between; a row of
+            # another day finds no partition, and that append is retried after creating
+            # the partitions of every id (the retry probes, and takes the full set).
+            first_day, last_day = id_day(events[0].event_id), id_day(events[-1].event_id)
+            if first_day == last_day and not probe:
+                self._ensure_partitions(conn, {first_day})
+            else:
+                self._ensure_partitions(conn, {id_day(ev.event_id) for ev in events})
         statements = self._sql
         try:
             with conn.cursor() as cur:
