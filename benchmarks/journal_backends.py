@@ -50,20 +50,7 @@ def make_events(n: int, work: Path) -> list[PreparedEvent]:
         InstrumentRegistry(list(load_config().instruments.instruments)),
         [f.path for f in manifest.files],
     )
-    rows = [
-        PreparedEvent(
-            r.event_id,
-            r.ts_event,
-            r.ts_recv,
-            r.priority,
-            r.kind,
-            r.exchange,
-            r.symbol,
-            r.src_seq,
-            r.payload,
-        )
-        for r in src.read_range()
-    ]
+    rows = [PreparedEvent.of_record(r) for r in src.read_range()]
     src.close()
     return rows[:n]
 

@@ -89,19 +89,7 @@ def raw_append_rate(src_db: Path, work: Path) -> dict[str, float]:
     for info in src.streams():
         if info.stream.startswith("md."):
             for r in src.read(info.stream):
-                rows.append(
-                    PreparedEvent(
-                        r.event_id,
-                        r.ts_event,
-                        r.ts_recv,
-                        r.priority,
-                        r.kind,
-                        r.exchange,
-                        r.symbol,
-                        r.src_seq,
-                        r.payload,
-                    )
-                )
+                rows.append(PreparedEvent.of_record(r))
     src.close()
     dst_path = work / "append.db"
     dst = SqliteJournal(dst_path)

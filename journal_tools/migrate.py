@@ -87,17 +87,7 @@ def _check_source(journal: Journal, stream: str) -> list[JournalRecord]:
 
 
 def _prepared(rec: JournalRecord) -> PreparedEvent:
-    return PreparedEvent(
-        rec.event_id,
-        rec.ts_event,
-        rec.ts_recv,
-        rec.priority,
-        rec.kind,
-        rec.exchange,
-        rec.symbol,
-        rec.src_seq,
-        rec.payload,
-    )
+    return PreparedEvent.of_record(rec)
 
 
 def migrate(

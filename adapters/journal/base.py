@@ -133,6 +133,21 @@ class PreparedEvent(msgspec.Struct, frozen=True):
     src_seq: int
     payload: bytes
 
+    @classmethod
+    def of_record(cls, r: JournalRecord) -> PreparedEvent:
+        """A stored row, ready to append elsewhere (copies, migrations, benchmarks)."""
+        return cls(
+            r.event_id,
+            r.ts_event,
+            r.ts_recv,
+            r.priority,
+            r.kind,
+            r.exchange,
+            r.symbol,
+            r.src_seq,
+            r.payload,
+        )
+
 
 def prepare(event: Event, eid: bytes | None = None) -> PreparedEvent:
     """Encode ``event`` and compute its columns; ``eid`` overrides the default id."""
