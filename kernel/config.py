@@ -353,18 +353,50 @@ class ModelConfig(_Config, frozen=True):
     quarantine_days: int = 30
 
 
+class ValidationConfig(_Config, frozen=True):
+    """config/monitoring.yaml ``validation``: the market-data rules of
+    kernel/validation.py (each rule's exact semantics are in that module's docstring).
+
+    Bands are integer basis points; times are ms (ns inside the validator).
+    ``stale_after_ms_by_stream`` overrides ``stale_after_ms`` per ``EXCHANGE:SYMBOL``
+    (0: never stale)."""
+
+    enabled: bool = True
+    price_band_bp: int = 500
+    cross_venue_band_bp: int = 200
+    reject_cross_venue: bool = False
+    duplicate_trade_window: int = 10_000
+    out_of_order_tolerance_ms: int = 250
+    max_skew_ms: int = 2_000
+    max_future_skew_ms: int = 1_000
+    stale_after_ms: int = 3_000
+    stale_after_ms_by_stream: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.price_band_bp <= 0 or self.cross_venue_band_bp <= 0:
+            raise ValueError("price_band_bp and cross_venue_band_bp must be > 0")
+        if self.duplicate_trade_window < 0 or self.out_of_order_tolerance_ms < 0:
+            raise ValueError("duplicate_trade_window and out_of_order_tolerance_ms must be >= 0")
+        if self.max_skew_ms <= 0 or self.max_future_skew_ms < 0 or self.stale_after_ms < 0:
+            raise ValueError("need max_skew_ms > 0, max_future_skew_ms >= 0, stale_after_ms >= 0")
+        for key, ms in self.stale_after_ms_by_stream.items():
+            if ms < 0 or ":" not in key:
+                raise ValueError(f"stale_after_ms_by_stream.{key}: EXCHANGE:SYMBOL -> ms >= 0")
+
+
 class MonitoringConfig(_Config, frozen=True):
     """config/monitoring.yaml: alert thresholds.
 
     ``funding_rate_alert``: an ``Alert`` (rule ``funding_rate_high``) when a perp's
     |funding rate| is strictly above it, at most once per instrument per funding cycle
     (kernel/funding.py). A fraction as decimal text: ``"0.001"`` is 0.1 %; exact at RATE
-    precision (1e-10)."""
+    precision (1e-10). ``validation``: the market-data rules (kernel/validation.py)."""
 
     log_format: str = "auto"
     spread_zscore_alert: float = 4.0
     consumer_lag_alert_s: float = 5.0
     funding_rate_alert: str = "0.001"
+    validation: ValidationConfig = msgspec.field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
         try:
