@@ -7,7 +7,8 @@ Time is the instrument's event clock (``ts_event``, ns); the weight of anything
 time it was observed until the next observation, and the average at time ``T`` is
 the exponentially weighted *time* average of that path. With weights
 ``w(s) = (ln 2 / H) x 0.5 ** ((T - s) / H)`` over ``s <= T``, and the first value
-extended into the past (so the weights integrate to 1)::
+in effect at the first timestamp (the last one given at it) extended into the past, so
+the weights integrate to 1::
 
     mean(T) = integral x(s) w(s) ds        var(T) = integral (x(s) - mean(T))**2 w(s) ds
 
@@ -41,6 +42,7 @@ def decay(dt_ns: int, half_life_ns: int) -> float:
 
 class SignalEwmaState(msgspec.Struct, array_like=True):
     started: bool
+    fresh: bool
     last_ts: int
     value: float
     mean: float
@@ -50,13 +52,14 @@ class SignalEwmaState(msgspec.Struct, array_like=True):
 class SignalEwma:
     """EW time-average and variance of a piecewise-constant signal (module docstring)."""
 
-    __slots__ = ("half_life_ns", "last_ts", "mean", "started", "value", "var")
+    __slots__ = ("fresh", "half_life_ns", "last_ts", "mean", "started", "value", "var")
 
     def __init__(self, half_life_ns: int) -> None:
         if half_life_ns <= 0:
             raise ValueError(f"half_life_ns must be positive, got {half_life_ns}")
         self.half_life_ns = half_life_ns
         self.started = False
+        self.fresh = False  # still at the first timestamp: a new value re-seeds the past
         self.last_ts = 0
         self.value = 0.0
         self.mean = 0.0
@@ -71,11 +74,14 @@ class SignalEwma:
     def update(self, ts: int, x: float) -> None:
         """The signal takes the value ``x`` at ``ts`` (earlier times count as the last)."""
         if not self.started:
-            self.started = True
+            self.started = self.fresh = True
             self.mean, self.var, self.last_ts = x, 0.0, ts
         elif ts > self.last_ts:
             self.mean, self.var = self._folded(ts)
             self.last_ts = ts
+            self.fresh = False
+        elif self.fresh:
+            self.mean = x
         self.value = x
 
     def at(self, ts: int) -> tuple[float, float]:
@@ -91,10 +97,12 @@ class SignalEwma:
         return (self.value - mean) / math.sqrt(var) if var > 0.0 else 0.0
 
     def state(self) -> SignalEwmaState:
-        return SignalEwmaState(self.started, self.last_ts, self.value, self.mean, self.var)
+        return SignalEwmaState(
+            self.started, self.fresh, self.last_ts, self.value, self.mean, self.var
+        )
 
     def restore(self, st: SignalEwmaState) -> None:
-        self.started, self.last_ts = st.started, st.last_ts
+        self.started, self.fresh, self.last_ts = st.started, st.fresh, st.last_ts
         self.value, self.mean, self.var = st.value, st.mean, st.var
 
 
