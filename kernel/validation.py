@@ -62,7 +62,9 @@ event gets at most one rejecting finding):
 ``clock_skew`` (flags)
     ``ts_recv - ts_event > max_skew_ms`` (clock drift or a stalled feed) or
     ``ts_event - ts_recv > max_future_skew_ms``; once per episode per stream: again
-    only after an event of the stream within both bounds. Detail: ``skew_ns bound_ns``.
+    only after an event of the stream within both bounds. BookSnapshots are left out
+    (neither fire nor end an episode): their ``ts_event`` is the newest level's time
+    (Kraken) or the REST call's, not a message time. Detail: ``skew_ns bound_ns``.
 ``stale_stream`` (flags)
     A stream that has had market events, none of them for longer than its
     ``stale_after_ms`` (per-stream override; 0: never) of validator clock: ``now -
@@ -302,6 +304,8 @@ class Validator:
                     f"channel={channel}",
                 )
             )
+        if channel == "book" and isinstance(ev, BookSnapshot):
+            return  # a snapshot's ts_event is its newest level's or the REST call's
         skew = ev.ts_recv - ev.ts_event
         bound = self._skew_ns if skew >= 0 else self._future_ns
         if abs(skew) > bound:
