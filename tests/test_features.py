@@ -24,6 +24,7 @@ from kernel.features import (
     decay,
     feature_names,
     imbalance,
+    level_features,
     microprice,
     microprice_offset_bp,
     spread_bp,
@@ -395,3 +396,11 @@ def test_snapshot_restore_round_trip() -> None:
 def test_config_rejects_bad_values(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FeatureConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_level_features_match_the_single_functions() -> None:
+    book = three_level_book()
+    got = level_features(book, (1, 2, 5), 2)
+    singles = [imbalance(book, 1), imbalance(book, 2), imbalance(book, 5)]
+    assert got == [*singles, weighted_imbalance(book, 2)]
+    assert level_features(L2Book(EX, SYM), (5,), 10) == [0.0, 0.0]

@@ -2,6 +2,7 @@
 
 from kernel.features.book import (
     imbalance,
+    level_features,
     microprice,
     microprice_offset_bp,
     spread_bp,
@@ -32,6 +33,7 @@ __all__ = [
     "decay",
     "feature_names",
     "imbalance",
+    "level_features",
     "microprice",
     "microprice_offset_bp",
     "spread_bp",

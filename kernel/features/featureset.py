@@ -312,11 +312,10 @@ class FeatureSet:
 
     def _values(self, inst: _Instrument, t: int) -> tuple[float, ...]:
         cfg, book = self.config, inst.book
-        values = [bookf.imbalance(book, n) for n in cfg.imbalance_levels]
+        values = bookf.level_features(book, cfg.imbalance_levels, cfg.weighted_levels)
         mid = bookf.mid(book)
         spread_mean, _ = inst.spread.at(t)
         values += [
-            bookf.weighted_imbalance(book, cfg.weighted_levels),
             mid,
             bookf.microprice(book),
             bookf.microprice_offset_bp(book),
