@@ -404,3 +404,24 @@ def test_level_features_match_the_single_functions() -> None:
     singles = [imbalance(book, 1), imbalance(book, 2), imbalance(book, 5)]
     assert got == [*singles, weighted_imbalance(book, 2)]
     assert level_features(L2Book(EX, SYM), (5,), 10) == [0.0, 0.0]
+
+
+def test_tick_samples_without_an_event() -> None:
+    fs = FeatureSet(FeatureConfig(sample_interval_ns=S))
+    fs.apply(snap(S // 2, BIDS, ASKS))
+    fs.apply(BookSnapshot(S // 3, S // 3, "Y", SYM, 0, BIDS, ASKS))
+    assert fs.tick(S - 1) == []
+    out = fs.tick(3 * S + 1)
+    assert [(s.exchange, s.ts) for s in out] == [("X", S), ("Y", S)]
+    assert out[0].as_dict()["imbalance_5"] == 0.0
+    assert fs.tick(3 * S + 2) == []
+    # the next event samples at the next boundary after the tick, as if it were an event
+    assert [s.ts for s in fs.apply(trade(4 * S, 100, 1, "sell"))] == [4 * S]
+
+
+def test_queries_of_an_unseen_instrument_store_nothing() -> None:
+    fs = FeatureSet()
+    assert fs.features("Z", SYM)["mid"] == 0.0
+    assert fs.book("Z", SYM) is None
+    assert fs.keys() == []
+    assert fs.rejected("Z", SYM) == 0

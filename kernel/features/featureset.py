@@ -10,7 +10,8 @@ Sampling. With ``sample_interval_ns > 0`` time is cut into ``[k x I, (k + 1) x I
 When an instrument's event is the first at or after the boundary ``B`` that follows
 its previous event, :meth:`FeatureSet.apply` returns a :class:`FeatureSample` of that
 instrument's features at ``B`` (everything before ``B``, averages decayed to ``B``),
-before applying the event. A quiet stretch gives one sample, at its first boundary.
+before applying the event. A quiet stretch gives one sample, at its first boundary;
+:meth:`FeatureSet.tick` gives the same samples from a heartbeat or timer instead.
 ``kernel.events`` has no ``Features`` event kind yet, so a sample is a plain frozen
 struct; an engine integration turns it into the journaled event.
 
@@ -241,8 +242,10 @@ class FeatureSet:
         """Instruments seen so far, sorted."""
         return sorted(self._instruments)
 
-    def book(self, exchange: str, symbol: str) -> L2Book:
-        return self._get(exchange, symbol).book
+    def book(self, exchange: str, symbol: str) -> L2Book | None:
+        """The instrument's book as the features see it (None: no event seen yet)."""
+        inst = self._instruments.get(f"{exchange}:{symbol}")
+        return inst.book if inst is not None else None
 
     def rejected(self, exchange: str, symbol: str) -> int:
         """Book messages refused (crossed, negative size...) and ignored for features."""
@@ -270,6 +273,20 @@ class FeatureSet:
             self._on_trade(inst, ts, event)
         else:
             self._on_book(inst, ts, event)
+        return samples
+
+    def tick(self, ts: int) -> list[FeatureSample]:
+        """Time reached ``ts`` without an event (a heartbeat, an engine timer): the samples
+        of every instrument whose next boundary is at or before ``ts``, by key, as an event
+        at ``ts`` would trigger them. Clocks do not move."""
+        interval = self.config.sample_interval_ns
+        samples: list[FeatureSample] = []
+        if not interval:
+            return samples
+        for _, inst in sorted(self._instruments.items()):
+            if inst.next_sample and ts >= inst.next_sample:
+                samples.append(self._sample(inst, inst.next_sample))
+                inst.next_sample = (ts // interval + 1) * interval
         return samples
 
     def _on_book(self, inst: _Instrument, ts: int, event: BookSnapshot | BookDelta) -> None:
@@ -302,7 +319,9 @@ class FeatureSet:
     def features(self, exchange: str, symbol: str, at: int | None = None) -> dict[str, float]:
         """The instrument's features at event time ``at`` (default and minimum: its
         clock). Does not change state."""
-        inst = self._get(exchange, symbol)
+        inst = self._instruments.get(f"{exchange}:{symbol}")
+        if inst is None:  # never seen: every feature at its empty value, nothing stored
+            inst = _Instrument(self.config, exchange, symbol)
         t = inst.clock if at is None or at < inst.clock else at
         return dict(zip(self.names, self._values(inst, t), strict=True))
 
