@@ -2,7 +2,10 @@
 
 A :class:`FeatureSet` keeps, per ``EXCHANGE:SYMBOL``, its own :class:`~kernel.book.L2Book`
 (from ``BookSnapshot`` / ``BookDelta``) and the incremental trade-side state (from
-``Trade``), and answers :meth:`FeatureSet.features` with a dict of named floats. It is
+``Trade``), and answers :meth:`FeatureSet.features` with a dict of named floats. Book
+messages that would cross or lock the book, or carry a negative size, are refused and
+counted (:meth:`FeatureSet.rejected`); tick and lot are not checked here (the engine's
+book and the validator do that). It is
 pure and deterministic: time is each instrument's event clock, the largest
 ``ts_event`` it has seen (an older event counts at that time), never the wall clock.
 
