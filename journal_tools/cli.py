@@ -882,6 +882,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option"
     )
 
+    from journal_tools.quality import add_quality_command
+
+    add_quality_command(add)
+
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
     sp = ksub.add_parser(
