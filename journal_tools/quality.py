@@ -149,8 +149,9 @@ def quality_report(
     symbols: Sequence[str] | None = None,
 ) -> QualityReport:
     """The report over ``start_ns <= ts_recv < end_ns`` (see the module docstring);
-    without bounds, from the first to just after the last market row."""
-    validator = Validator(config, instruments)
+    without bounds, from the first to just after the last market row. The rules run
+    whether or not ``config.enabled`` applies them in sessions."""
+    validator = Validator(msgspec.structs.replace(config, enabled=True), instruments)
     accs: dict[str, _Acc] = {}
     rejected: dict[str, Counter[str]] = {}
     flagged: dict[str, Counter[str]] = {}

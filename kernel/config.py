@@ -359,9 +359,11 @@ class ValidationConfig(_Config, frozen=True):
 
     Bands are integer basis points; times are ms (ns inside the validator).
     ``stale_after_ms_by_stream`` overrides ``stale_after_ms`` per ``EXCHANGE:SYMBOL``
-    (0: never stale)."""
+    (0: never stale). ``enabled`` is off by default, the behaviour before the rules
+    existed, so that a session journaled then (its config JSON has no ``validation``)
+    re-runs unchanged; config/monitoring.yaml switches it on."""
 
-    enabled: bool = True
+    enabled: bool = False
     price_band_bp: int = 500
     cross_venue_band_bp: int = 200
     reject_cross_venue: bool = False

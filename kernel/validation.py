@@ -2,11 +2,12 @@
 
 :class:`Validator` is pure and deterministic (no I/O, no wall clock): ``check(event)``
 returns a :class:`Verdict`, ``accept`` (apply the event or not) and ``findings``, the
-``DataQuality`` events to journal. Each finding names the ``rule``, the stream
-(``exchange``, ``symbol``), the event's ``source_seq`` and the values in ``detail``
-as space-separated ``name=value`` pairs; ``rejected`` is True exactly when the event
-must not be applied. A finding's ``ts_event``/``ts_recv`` is the validator clock: the
-largest ``ts_recv`` it has been given (Heartbeats and Connectivity events advance it).
+``DataQuality`` events to journal (with ``enabled`` off: always accept, no findings).
+Each finding names the ``rule``, the stream (``exchange``, ``symbol``), the event's
+``source_seq`` and the values in ``detail`` as space-separated ``name=value`` pairs;
+``rejected`` is True exactly when the event must not be applied. A finding's
+``ts_event``/``ts_recv`` is the validator clock: the largest ``ts_recv`` it has been
+given (Heartbeats and Connectivity events advance it).
 
 A *stream* is ``EXCHANGE:SYMBOL``; a *channel* of a stream is ``book``
 (BookSnapshot, BookDelta), ``trade``, ``funding`` or ``mark``. Prices compared across

@@ -48,7 +48,8 @@ INSTRUMENTS = [inst(BN, 1), inst(KR, 2)]  # KRAKEN prices have one more decimal
 
 
 def validator(**overrides: object) -> Validator:
-    return Validator(ValidationConfig(**overrides), INSTRUMENTS)  # type: ignore[arg-type]
+    config = ValidationConfig(**{"enabled": True, **overrides})  # type: ignore[arg-type]
+    return Validator(config, INSTRUMENTS)
 
 
 def snap(
@@ -557,7 +558,8 @@ def test_random_crossing_delta_rejected_and_book_stays_valid(
 
 def test_off_tick_and_off_lot_levels_rejected() -> None:
     v = Validator(
-        ValidationConfig(), [msgspec.structs.replace(inst(BN, 1), tick_size=5, lot_size=10)]
+        ValidationConfig(enabled=True),
+        [msgspec.structs.replace(inst(BN, 1), tick_size=5, lot_size=10)],
     )
     f = only(v.check(snap(T0, ((1003, 10),), ((1010, 10),))))
     assert (f.rule, f.detail, f.rejected) == ("off_tick", "side=bid price=1003 tick=5", True)

@@ -105,8 +105,8 @@ def kraken() -> tuple[list[Instrument], list[Event]]:
 
 
 def run(instruments: list[Instrument], events: list[Event]) -> tuple[int, list[DataQuality]]:
-    """(events refused, every finding) of one pass with the default config."""
-    v = Validator(ValidationConfig(), instruments)
+    """(events refused, every finding) of one pass with the default thresholds."""
+    v = Validator(ValidationConfig(enabled=True), instruments)
     refused = 0
     findings: list[DataQuality] = []
     for ev in events:
@@ -169,7 +169,7 @@ def test_injected_crossed_update_caught_once(
 ) -> None:
     instruments, events = binance
     k = _index(events, BookDelta, SPOT, 2_000)
-    v = Validator(ValidationConfig(), instruments)
+    v = Validator(ValidationConfig(enabled=True), instruments)
     for ev in events[: k + 1]:
         v.check(ev)
     book = v.book("BINANCE", SPOT)
