@@ -63,9 +63,8 @@ event gets at most one rejecting finding):
 ``clock_skew`` (flags)
     ``ts_recv - ts_event > max_skew_ms`` (clock drift or a stalled feed) or
     ``ts_event - ts_recv > max_future_skew_ms``; once per episode per stream: again
-    only after an event of the stream within both bounds. BookSnapshots are left out
-    (neither fire nor end an episode): their ``ts_event`` is the newest level's time
-    (Kraken) or the REST call's, not a message time. Detail: ``skew_ns bound_ns``.
+    only after an event of the stream within both bounds. Detail: ``skew_ns
+    bound_ns``.
 ``stale_stream`` (flags)
     A stream that has had market events, none of them for longer than its
     ``stale_after_ms`` (per-stream override; 0: never) of validator clock: ``now -
@@ -79,9 +78,11 @@ event gets at most one rejecting finding):
     ``reason``. The stream's book is not changed by it.
 
 Timing rules (``ts_out_of_order``, ``clock_skew``) are evaluated on every market event,
-rejected or not. State (last mid, trade ids, largest ``ts_event``) only moves on
-accepted events; any market event of a stream, even a rejected one, ends its
-staleness.
+rejected or not, except BookSnapshots, which neither fire them nor move their state
+(the largest ``ts_event``, the end of a skew episode): a snapshot's ``ts_event`` is its
+newest level's time (Kraken) or the local time of a REST call (Binance), not a message
+time. State (last mid, trade ids, largest ``ts_event``) only moves on accepted events;
+any market event of a stream, even a rejected one, ends its staleness.
 
 Book view: ``check(event, book)`` reads the caller's :class:`~kernel.book.L2Book`
 (the engine's own) without changing it and the caller applies an accepted event; with
@@ -266,9 +267,11 @@ class Validator:
         if st is None:
             st = self._streams[key] = _Stream()
             insort(self._by_symbol.setdefault(event.symbol, []), key)
-        self._timing(event, st, channel, out)
+        snapshot = isinstance(event, BookSnapshot)
+        if not snapshot:
+            self._timing(event, st, channel, out)
         accept = self._content(event, key, st, book, out)
-        if accept:
+        if accept and not snapshot:
             last = st.last_ts.get(channel)
             if last is None or event.ts_event > last:
                 st.last_ts[channel] = event.ts_event
@@ -305,8 +308,6 @@ class Validator:
                     f"channel={channel}",
                 )
             )
-        if channel == "book" and isinstance(ev, BookSnapshot):
-            return  # a snapshot's ts_event is its newest level's or the REST call's
         skew = ev.ts_recv - ev.ts_event
         bound = self._skew_ns if skew >= 0 else self._future_ns
         if abs(skew) > bound:

@@ -566,3 +566,14 @@ def test_off_tick_and_off_lot_levels_rejected() -> None:
     f = only(v.check(snap(T0, ((1000, 10),), ((1010, 15),))))
     assert (f.rule, f.detail) == ("off_lot", "side=ask price=1010 size=15 lot=10")
     assert v.check(snap(T0, ((1000, 10),), ((1010, 20),))) == Verdict(True, ())
+
+
+def test_snapshots_stay_out_of_the_timing_rules() -> None:
+    """A REST snapshot stamped with a local clock 1.5 s ahead: no skew, and the deltas
+    after it (exchange time) are not out of order."""
+    v = validator()
+    t = T0
+    assert v.check(delta(t, bids=((999, 1),))).accept
+    rest = BookSnapshot(t + 1_500 * MS, t, BN, SYM, 0, ((1000, 5),), ((1010, 5),))
+    assert v.check(rest) == Verdict(True, ())
+    assert v.check(delta(t + MS, bids=((998, 1),))) == Verdict(True, ())
