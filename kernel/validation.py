@@ -184,27 +184,25 @@ _CHANNEL: dict[type, str] = {
 }
 
 
-def _best_after(side: BookSide, levels: tuple[Level, ...]) -> int | None:
-    """The best price of ``side`` once the absolute sizes ``levels`` are applied,
-    without changing it. Looks at the current best keys only until one the update does
-    not touch, so it costs O(len(levels))."""
+def _best_after(side: BookSide, levels: tuple[Level, ...], new_best: int | None) -> int | None:
+    """The best price of ``side`` once the absolute sizes ``levels`` (whose best price
+    of non-zero size is ``new_best``) are applied, without changing it. Looks at the
+    current best keys only until one the update does not touch: O(len(levels))."""
     sign = side.sign
-    touched = {p for p, _ in levels}
-    best: int | None = None
-    for k in reversed(side.keys):
-        price = k * sign
-        if price not in touched:
-            best = price
-            break
-    for price, size in levels:
-        if size > 0 and (best is None or price * sign > best * sign):
-            best = price
+    keys = side.keys
+    best = new_best
+    if keys:
+        top = keys[-1] * sign
+        if new_best is not None and new_best * sign >= top * sign:
+            return new_best  # at or through the current best: nothing existing beats it
+        touched = dict(levels)
+        for k in reversed(keys):
+            price = k * sign
+            if price not in touched:
+                if best is None or price * sign > best * sign:
+                    best = price
+                break
     return best
-
-
-def _snapshot_best(levels: tuple[Level, ...], sign: int) -> int | None:
-    prices = [p * sign for p, s in levels if s > 0]
-    return max(prices) * sign if prices else None
 
 
 def _fmt_x2(value_x2: int) -> str:
@@ -382,37 +380,31 @@ class Validator:
         snapshot = isinstance(ev, BookSnapshot)
         floor = 1 if snapshot else 0
         tick, lot = self._steps.get(key, (1, 1))
-        for side, levels in (("bid", ev.bids), ("ask", ev.asks)):
-            for price, size in levels:
-                if size < floor:
-                    out.append(
-                        self._reject(
-                            ev, "non_positive_size", f"side={side} price={price} size={size}"
-                        )
-                    )
-                    return False
-                if price <= 0:
-                    out.append(self._reject(ev, "non_positive_price", f"side={side} price={price}"))
-                    return False
-                if price % tick or size % lot:
-                    rule, detail = (
-                        ("off_tick", f"side={side} price={price} tick={tick}")
-                        if price % tick
-                        else ("off_lot", f"side={side} price={price} size={size} lot={lot}")
-                    )
-                    out.append(self._reject(ev, rule, detail))
-                    return False
+        # one pass per side: the level rules, and the best new price of the message
+        new_bid: int | None = None
+        for price, size in ev.bids:
+            if size < floor or price <= 0 or price % tick or size % lot:
+                out.append(self._level_error(ev, "bid", price, size, floor, tick, lot))
+                return False
+            if size and (new_bid is None or price > new_bid):
+                new_bid = price
+        new_ask: int | None = None
+        for price, size in ev.asks:
+            if size < floor or price <= 0 or price % tick or size % lot:
+                out.append(self._level_error(ev, "ask", price, size, floor, tick, lot))
+                return False
+            if size and (new_ask is None or price < new_ask):
+                new_ask = price
         own = book is None
         if book is None:
             book = st.book
             if book is None:
                 book = st.book = L2Book(ev.exchange, ev.symbol, tick, lot)
         if snapshot:
-            best_bid = _snapshot_best(ev.bids, 1)
-            best_ask = _snapshot_best(ev.asks, -1)
+            best_bid, best_ask = new_bid, new_ask
         else:
-            best_bid = _best_after(book.bids, ev.bids)
-            best_ask = _best_after(book.asks, ev.asks)
+            best_bid = _best_after(book.bids, ev.bids, new_bid)
+            best_ask = _best_after(book.asks, ev.asks, new_ask)
         if best_bid is not None and best_ask is not None and best_bid >= best_ask:
             rule = "locked_book" if best_bid == best_ask else "crossed_book"
             out.append(self._reject(ev, rule, f"best_bid={best_bid} best_ask={best_ask}"))
@@ -526,6 +518,17 @@ class Validator:
                 if nxt is None or d < nxt:
                     nxt = d
         self._next_deadline = nxt
+
+    def _level_error(
+        self, ev: MarketEvent, side: str, price: int, size: int, floor: int, tick: int, lot: int
+    ) -> DataQuality:
+        if size < floor:
+            return self._reject(ev, "non_positive_size", f"side={side} price={price} size={size}")
+        if price <= 0:
+            return self._reject(ev, "non_positive_price", f"side={side} price={price}")
+        if price % tick:
+            return self._reject(ev, "off_tick", f"side={side} price={price} tick={tick}")
+        return self._reject(ev, "off_lot", f"side={side} price={price} size={size} lot={lot}")
 
     # -- findings --------------------------------------------------------------------
 
