@@ -86,7 +86,9 @@ any market event of a stream, even a rejected one, ends its staleness.
 
 Book view: ``check(event, book)`` reads the caller's :class:`~kernel.book.L2Book`
 (the engine's own) without changing it and the caller applies an accepted event; with
-``book=None`` the validator keeps and updates its own book per stream. Either way the
+``book=None`` the validator keeps and updates its own book per stream, unless it was
+built with ``own_books=False`` (the engine's way: it always has the book), where None
+stands for an empty book and nothing is kept. Either way the
 post-update top of book of a delta costs O(levels in the delta): only the best few
 existing keys are looked at.
 """
@@ -217,8 +219,14 @@ def _off_bp(price_x2: int, ref_x2: int) -> str:
 class Validator:
     """``Validator(config, instruments)``; feed it every input with :meth:`check`."""
 
-    def __init__(self, config: ValidationConfig, instruments: Iterable[Instrument] = ()) -> None:
+    def __init__(
+        self,
+        config: ValidationConfig,
+        instruments: Iterable[Instrument] = (),
+        own_books: bool = True,
+    ) -> None:
         self.config = config
+        self._own_books = own_books
         instruments = tuple(instruments)
         self._decimals = {i.key: i.price_decimals for i in instruments}
         self._steps = {i.key: (i.tick_size, i.lot_size) for i in instruments}
@@ -395,11 +403,13 @@ class Validator:
                 return False
             if size and (new_ask is None or price < new_ask):
                 new_ask = price
-        own = book is None
+        own = book is None and self._own_books
         if book is None:
             book = st.book
             if book is None:
-                book = st.book = L2Book(ev.exchange, ev.symbol, tick, lot)
+                book = L2Book(ev.exchange, ev.symbol, tick, lot)
+                if own:
+                    st.book = book
         if snapshot:
             best_bid, best_ask = new_bid, new_ask
         else:

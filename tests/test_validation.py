@@ -577,3 +577,12 @@ def test_snapshots_stay_out_of_the_timing_rules() -> None:
     rest = BookSnapshot(t + 1_500 * MS, t, BN, SYM, 0, ((1000, 5),), ((1010, 5),))
     assert v.check(rest) == Verdict(True, ())
     assert v.check(delta(t + MS, bids=((998, 1),))) == Verdict(True, ())
+
+
+def test_without_own_books_none_is_an_empty_book_and_nothing_is_kept() -> None:
+    v = Validator(ValidationConfig(enabled=True), INSTRUMENTS, own_books=False)
+    assert v.check(snap(T0, ((1000, 5),), ((1010, 5),))).accept
+    assert v.book(BN, SYM) is None
+    assert v.mid_x2(BN, SYM) == 2010
+    f = only(v.check(delta(T0 + MS, bids=((1011, 1),), asks=((1010, 2),))))
+    assert (f.rule, f.detail) == ("crossed_book", "best_bid=1011 best_ask=1010")
