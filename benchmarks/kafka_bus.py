@@ -12,6 +12,9 @@
   them; lag of a message = the moment its journal append returned - the moment it was
   produced (its ``ts_recv``). p50/p99/max in ms.
 
+``--journal postgresql://postgres@127.0.0.1:5432/postgres?schema=lagbench`` measures the
+lag into PostgreSQL (the schema is created and left in place: drop it afterwards).
+
 Broker: ``TICKERML_KAFKA_BOOTSTRAP`` (a real Kafka) if set, else a local Tansu (in-memory,
 single node: figures are for this machine's loopback, not a cluster). JSON on stdout.
 """
