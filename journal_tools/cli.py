@@ -886,6 +886,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_quality_command(add)
 
+    from journal_tools.health import add_health_command
+
+    add_health_command(add)
+
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
     sp = ksub.add_parser(
