@@ -24,7 +24,8 @@ Checks, in the order reported:
 ``age:<stream>``
     For each market stream ``md.*`` (not ``md.CONTROL``, ``md.NEWS``, ``md.HEARTBEAT``):
     now minus the stream's last ``ts_recv``, in seconds; fail above ``--max-age``. "Now"
-    comes from the caller's clock (``--now``; the CLI's default is the wall clock).
+    comes from the caller's clock (``--now``; the CLI's default is the wall clock). No
+    market stream at all: one ``ages`` check, warn.
 ``disk``
     Free space of the SQLite journal's directory (else the current directory): fail
     below ``--min-disk-gb``, warn below twice that.
@@ -294,6 +295,8 @@ def check_ages(streams: Sequence[StreamInfo], now_ns: int, max_age_s: float) -> 
         status: Status = "fail" if age > max_age_s else "ok"
         reason = f"last event {age:.3f} s ago at {_fmt_ns(info.last_ts)} (max {max_age_s:g} s)"
         checks.append(Check(f"age:{info.stream}", status, reason, round(age, 3)))
+    if not checks:
+        return [Check("ages", "warn", "no market stream (md.EXCHANGE.SYMBOL) in the journal")]
     return checks
 
 

@@ -292,3 +292,14 @@ def test_disk_thresholds() -> None:
     assert check_disk("/x", 1, usage(1.5)).status == "warn"  # type: ignore[arg-type]
     ok = check_disk("/x", 1, usage(3))  # type: ignore[arg-type]
     assert (ok.status, ok.value, ok.reason) == ("ok", 3.0, "3.00 GB free in /x (min 1 GB)")
+
+
+def test_table_format_and_an_empty_journal(capsys: pytest.CaptureFixture[str]) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    args = ["health", "--journal", "memory://", "--bootstrap", dead, "--timeout", "0.5"]
+    assert main([*args, "--min-disk-gb", "0"]) == 1
+    printed = capsys.readouterr().out
+    assert "health: fail" in printed
+    for line in ("kafka", "journal", "exchanges", "ages", "disk"):
+        assert f"│ {line} " in printed
+    assert printed.count("│ warn ") == 2  # exchanges and ages: nothing journaled yet
