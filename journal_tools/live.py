@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import signal
 import threading
 import time
@@ -73,10 +72,12 @@ from adapters.kafka import (
     ConsumedBatch,
     EventConsumer,
     EventProducer,
+    KafkaBusError,
     consume_into_journal,
     default_stream,
+    replay_from_time,
 )
-from journal_tools.record import funding_alerts, system_stream
+from journal_tools.record import funding_alerts, heartbeats, input_stream
 from journal_tools.session import (
     END_OF_TIME,
     SessionError,
@@ -100,9 +101,6 @@ from kernel.sync import SyncConfig, Synchronizer
 from strategies import build_strategy
 
 log = structlog.get_logger("tickerml.live")
-
-HEARTBEAT_STREAM = "md.HEARTBEAT"
-"""Heartbeats are kernel inputs (they advance the clock): journaled with the market data."""
 
 INPUT_TOPICS = ("orderbooks", "trades", "funding", "news", "system")
 
@@ -172,13 +170,6 @@ def adapter_class(exchange: str, adapter: str | None = None) -> type[ExchangeInt
         return registry.adapter_class(exchange, adapter)
     except AdapterNotFound as exc:
         raise LiveError(str(exc)) from exc
-
-
-def input_stream(event: Event) -> str | None:
-    """The journal stream of a bus event for the sink (None: not journaled by the sink)."""
-    if isinstance(event, Heartbeat):
-        return HEARTBEAT_STREAM
-    return system_stream(event) or default_stream(event)
 
 
 CHECKPOINT_MODEL = "live_checkpoints"
@@ -414,7 +405,6 @@ class Collectors:
         self.producer = producer
         self.adapters: list[ExchangeInterface] = []
         for spec in live.feeds:
-            cls = adapter_class(spec.exchange, spec.adapter)
             cfg = FeedConfig(
                 symbols=list(spec.symbols),
                 channels=frozenset(spec.channels),
@@ -423,8 +413,10 @@ class Collectors:
                 rest_url=spec.rest_url,
                 extra=dict(spec.options),
             )
-            adapter = cls(cfg)
-            registry.configure_for_kernel(adapter, instruments)
+            try:
+                adapter = registry.build_adapter(spec.exchange, cfg, instruments, spec.adapter)
+            except AdapterNotFound as exc:
+                raise LiveError(str(exc)) from exc
             self.adapters.append(adapter)
         self.monitor = FundingMonitor(list(instruments), alert_rate) if instruments else None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -462,13 +454,7 @@ class Collectors:
         interval = self.live.heartbeat_ms / 1000.0
         while True:
             await asyncio.sleep(interval)
-            now = time.time_ns()
-            beats: list[Event] = []
-            for adapter in self.adapters:
-                for inst in adapter.instruments.values():
-                    stream = f"md.{inst.exchange}.{inst.symbol}"
-                    beats.append(Heartbeat(now, now, stream))
-            await self._sink(beats)
+            await self._sink(heartbeats(self.adapters, time.time_ns()))
 
     async def _main(self) -> None:
         beat = asyncio.ensure_future(self._heartbeats())
@@ -554,7 +540,12 @@ def run_live(
         _seek(kconsumer, kernel.offsets)
     else:
         kernel.start()
-        _seek_time(kconsumer, kernel.input_from // 1_000_000 - 60_000)
+        # start a minute before the session; where the broker cannot say (Tansu answers
+        # 0) that is the beginning, and older messages are skipped by time anyway
+        try:
+            replay_from_time(kconsumer, kernel.input_from // 1_000_000 - 60_000)
+        except KafkaBusError as exc:
+            log.warning("offsets_for_times_failed", error=str(exc))
     sink = EventConsumer(
         kafka, f"{live.group}-journal", INPUT_TOPICS, assign=True, overrides=overrides
     )
@@ -644,31 +635,3 @@ def _seek(consumer: EventConsumer, offsets: dict[tuple[str, int], int]) -> None:
             for tp in parts
         ]
     )
-
-
-def _seek_time(consumer: EventConsumer, ts_ms: int) -> None:
-    """Start a new session's kernel at the first message produced at or after ``ts_ms``
-    (a minute before the session starts); where the broker cannot say (Tansu answers 0),
-    that is the beginning, and older messages are skipped by time anyway."""
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
-
-    parts = consumer.partitions()
-    try:
-        found = consumer.client.offsets_for_times(
-            [TopicPartition(tp.topic, tp.partition, ts_ms) for tp in parts], timeout=10
-        )
-    except KafkaException as exc:
-        log.warning("offsets_for_times_failed", error=str(exc))
-        found = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in parts]
-    consumer.client.assign(
-        [
-            TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
-            if tp.error is None
-            else TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
-            for tp in found
-        ]
-    )
-
-
-def config_digest(live: LiveConfig) -> str:
-    return hashlib.blake2b(msgspec.json.encode(live), digest_size=8).hexdigest()

@@ -38,8 +38,9 @@ import msgspec
 import structlog
 
 from adapters.exchanges.base import ExchangeInterface, FeedConfig
-from adapters.exchanges.registry import adapter_class, configure_for_kernel
-from adapters.journal.base import Journal
+from adapters.exchanges.registry import build_adapter
+from adapters.journal.base import Journal, market_stream
+from adapters.kafka import default_stream
 from kernel.config import AppConfig
 from kernel.events import Alert, Connectivity, Event, FundingRate, Heartbeat, MarkPrice
 from kernel.funding import DEFAULT_ALERT_RATE, FundingMonitor
@@ -51,6 +52,26 @@ CONNECTIVITY_STREAM = "sys.CONNECTIVITY"
 """Link up/down/resync events: journaled for audits and data quality, not kernel inputs."""
 ALERTS_STREAM = "sys.ALERTS"
 """Alerts raised at collection (funding above the threshold)."""
+
+
+HEARTBEAT_STREAM = "md.HEARTBEAT"
+"""Heartbeats are kernel inputs (they advance the clock): journaled with the market data."""
+
+
+def heartbeats(adapters: Sequence[ExchangeInterface], now: int) -> list[Event]:
+    """One ``Heartbeat`` at ``now`` for every instrument stream the adapters collect."""
+    return [
+        Heartbeat(now, now, market_stream(i.exchange, i.symbol))
+        for a in adapters
+        for i in a.instruments.values()
+    ]
+
+
+def input_stream(event: Event) -> str | None:
+    """The journal stream of a collected or bus event (None: not journaled)."""
+    if isinstance(event, Heartbeat):
+        return HEARTBEAT_STREAM
+    return system_stream(event) or default_stream(event)
 
 
 def system_stream(event: Event) -> str | None:
@@ -134,7 +155,6 @@ def build_adapters(
         raise RecordError("name at least one symbol (--symbols BTC-USDT)")
     out = []
     for name in exchanges:
-        cls = adapter_class(name.strip().upper())
         cfg = FeedConfig(
             symbols=list(symbols),
             channels=frozenset(channels),
@@ -143,9 +163,7 @@ def build_adapters(
             rest_url=rest_url,
             extra=dict(options or {}),
         )
-        adapter = cls(cfg)
-        configure_for_kernel(adapter, instruments)
-        out.append(adapter)
+        out.append(build_adapter(name.strip().upper(), cfg, instruments))
     return out
 
 
@@ -164,8 +182,6 @@ async def record(
     alert_rate: int = DEFAULT_ALERT_RATE,
 ) -> RecordResult:
     """Run ``adapters`` until ``duration_s`` has passed or ``stop`` is set."""
-    from adapters.kafka import default_stream
-
     stop = stop or asyncio.Event()
     monitor = FundingMonitor(list(instruments), alert_rate) if instruments else None
     pending: list[Event] = []
@@ -185,7 +201,7 @@ async def record(
         if journal is not None:
             by_stream: dict[str, list[Event]] = {}
             for ev in events:
-                stream = system_stream(ev) or default_stream(ev)
+                stream = input_stream(ev)
                 if stream is not None:
                     by_stream.setdefault(stream, []).append(ev)
             with journal.transaction():
@@ -214,13 +230,7 @@ async def record(
             await asyncio.sleep(min(heartbeat_s, 0.5))
             flush()
             if producer is not None:
-                now = time.time_ns()
-                beats: list[Event] = [
-                    Heartbeat(now, now, f"md.{i.exchange}.{i.symbol}")
-                    for a in adapters
-                    for i in a.instruments.values()
-                ]
-                pending.extend(beats)
+                pending.extend(heartbeats(adapters, time.time_ns()))
             if progress is not None and time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
                 progress(

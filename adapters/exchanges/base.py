@@ -399,12 +399,13 @@ def instrument_from_increments(
 
     pd = decimals_of(tick) if price_decimals is None else price_decimals
     sd = decimals_of(lot) if size_decimals is None else size_decimals
+    base_name, _, quote_name = normalise_symbol(base, quote, "spot").partition("-")
     return Instrument(
         exchange=exchange,
         symbol=normalise_symbol(base, quote, kind),
         kind=kind,
-        base=normalise_symbol(base, quote, "spot").split("-")[0],
-        quote=normalise_symbol(base, quote, "spot").split("-")[1],
+        base=base_name,
+        quote=quote_name,
         price_decimals=pd,
         size_decimals=sd,
         tick_size=max(1, parse_fixed(tick, pd)),

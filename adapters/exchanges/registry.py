@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from adapters.exchanges.base import ExchangeInterface
+from adapters.exchanges.base import ExchangeInterface, FeedConfig
 from kernel.instruments import Instrument
 
 VENUE_MODULES = ("binance", "coinbase", "kraken", "kucoin")
@@ -74,3 +74,16 @@ def configure_for_kernel(adapter: ExchangeInterface, instruments: Iterable[Instr
     adapter.expected = {i.key: i for i in insts}
     if hasattr(adapter, "known"):
         adapter.known = {(i.exchange, i.symbol): i for i in insts}
+
+
+def build_adapter(
+    exchange: str,
+    config: FeedConfig,
+    instruments: Iterable[Instrument] = (),
+    adapter: str | None = None,
+) -> ExchangeInterface:
+    """The adapter of ``exchange`` (or ``adapter``, ``module:Class``) for ``config``,
+    emitting in the precision of the configured ``instruments``."""
+    instance = adapter_class(exchange, adapter)(config)
+    configure_for_kernel(instance, instruments)
+    return instance
