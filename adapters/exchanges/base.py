@@ -1004,8 +1004,6 @@ class ExchangeInterface(ABC):
         return tuple(out)
 
     def _rescale_price(self, units: int, d: int) -> int:
-        if d >= 0:
-            return units * POW10[d]
         exact = _exact(units, d)
         if exact is not None:
             return exact
