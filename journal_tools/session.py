@@ -119,6 +119,7 @@ def build_engine(
         latency={name: ex.latency for name, ex in config.exchanges.exchanges.items()},
         risk=config.risk_limits,
         trade_windows=trade_windows_config(config.exchanges),
+        validation=config.monitoring.validation,
     )
 
 

@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from kernel.book import BookError, L2Book
-from kernel.config import EngineConfig, LatencyProfile, RiskLimitsConfig
+from kernel.config import EngineConfig, LatencyProfile, RiskLimitsConfig, ValidationConfig
 from kernel.context import StrategyContext, StrategyLike
 from kernel.events import (
     AmendRequested,
@@ -61,6 +61,7 @@ from kernel.instruments import Instrument, InstrumentError, InstrumentRegistry
 from kernel.portfolio import Portfolio, PortfolioState, funding_amount
 from kernel.risk import RiskManager, RiskState
 from kernel.trades import TradeAggregator, TradeWindowsConfig
+from kernel.validation import Validator
 
 STATE_VERSION = 3
 
@@ -132,6 +133,14 @@ class EngineStateWithTrades(EngineState, frozen=True, array_like=True):
     trade_windows: bytes = b""
 
 
+class EngineStateValidated(EngineStateWithTrades, frozen=True, array_like=True):
+    """:class:`EngineStateWithTrades` plus the market-data validator's state
+    (kernel/validation.py, :meth:`Validator.snapshot`), written only when validation is
+    on, so that sessions without it keep their bytes and state hash."""
+
+    validator: bytes = b""
+
+
 class Engine:
     """``Engine(config, instruments, strategy, seed)``; feed it with :meth:`apply`."""
 
@@ -145,6 +154,7 @@ class Engine:
         latency: Mapping[str, LatencyProfile] | None = None,
         risk: RiskLimitsConfig | None = None,
         trade_windows: TradeWindowsConfig | None = None,
+        validation: ValidationConfig | None = None,
     ) -> None:
         self.config = config
         self.instruments = (
@@ -226,6 +236,13 @@ class Engine:
             Halt: self._on_halt,  # type: ignore[dict-item]
             Resume: self._on_resume,  # type: ignore[dict-item]
         }
+        # market-data validation (kernel/validation.py): every input passes it before it
+        # reaches books, features and the strategy; a rejected event is not applied
+        self.validator = (
+            Validator(validation, self.instruments, own_books=False)
+            if validation is not None and validation.enabled
+            else None
+        )
         self._started = False
 
     # -- public API ------------------------------------------------------------------
@@ -255,6 +272,9 @@ class Engine:
                 event, "clock_regression", f"ts_recv {ts} < kernel clock {self.now}", False
             )
         handler = self._handlers.get(type(event))
+        validator = self.validator
+        if validator is not None and not self._validate(validator, event):
+            handler = None
         if handler is not None:
             handler(event)
         if self._due_now:
@@ -927,6 +947,21 @@ class Engine:
             )
         )
 
+    def _validate(self, validator: Validator, event: Event) -> bool:
+        """Run the validation rules on one input; journal their findings; False when
+        the event is rejected (it is then counted and not applied)."""
+        book = (
+            self.books.get(f"{event.exchange}:{event.symbol}")
+            if isinstance(event, MarketEvent)
+            else None
+        )
+        accept, findings = validator.check(event, book)
+        if findings:
+            self._out.extend(findings)
+        if not accept:
+            self.rejected += 1
+        return accept
+
     def _advance(self, up_to: int) -> None:
         sched = self._sched
         while sched and sched[0][0] <= up_to:
@@ -995,6 +1030,10 @@ class Engine:
         if self._trades is not None:
             cls = EngineStateWithTrades
             extra["trade_windows"] = self._trades.snapshot()
+        if self.validator is not None:
+            cls = EngineStateValidated
+            extra["trade_windows"] = extra.get("trade_windows", b"")
+            extra["validator"] = self.validator.snapshot()
         return cls(
             version=STATE_VERSION,
             now=self.now,
@@ -1034,7 +1073,7 @@ class Engine:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
 
     def restore(self, snapshot: bytes) -> None:
-        st = msgspec.msgpack.decode(snapshot, type=EngineStateWithTrades)
+        st = msgspec.msgpack.decode(snapshot, type=EngineStateValidated)
         if st.version != STATE_VERSION:
             raise ValueError(f"snapshot version {st.version} != engine version {STATE_VERSION}")
         self.now = st.now
@@ -1079,6 +1118,10 @@ class Engine:
         self._trades = None
         if st.trade_windows:
             self.trade_windows().restore_bytes(st.trade_windows)
+        if self.validator is not None:
+            if not st.validator:
+                raise ValueError("snapshot has no validator state but validation is on")
+            self.validator.restore(st.validator)
         if self.risk is not None:
             self._revalue_held()
             self._bands.clear()  # every move re-evaluates until the next full update

@@ -240,3 +240,39 @@ def test_injected_5s_stall_caught_once(
     first_after = min(e.ts_recv for e in shifted if e.ts_recv > last + 3 * S)
     assert f.ts_recv == first_after  # found by the first event past the 3 s bound
     assert f.detail == (f"last_recv={last} silent_ns={first_after - last} stale_after_ns={3 * S}")
+
+
+def test_recording_through_the_kernel_with_a_crossed_update(
+    binance: tuple[list[Instrument], list[Event]],
+) -> None:
+    """The same recording through the engine (validation on, as config/monitoring.yaml
+    has it): nothing refused; an injected crossed update is refused exactly once, not
+    applied (the book after it equals the book of the clean run) and the book stays
+    uncrossed."""
+    from kernel.config import EngineConfig
+    from kernel.engine import Engine
+
+    instruments, events = binance
+
+    def kernel(evs: list[Event]) -> tuple[Engine, list[DataQuality]]:
+        eng = Engine(EngineConfig(), instruments, None, validation=ValidationConfig(enabled=True))
+        out: list[DataQuality] = []
+        for ev in evs:
+            out += [f for f in eng.apply(ev) if isinstance(f, DataQuality)]
+        return eng, out
+
+    clean, found = kernel(events)
+    assert clean.rejected == 0 and not [f for f in found if f.rejected]
+    k = _index(events, BookDelta, SPOT, 2_000)
+    probe, _ = kernel(events[: k + 1])
+    best_ask = probe.books[f"BINANCE:{SPOT}"].best_ask()
+    assert best_ask is not None
+    at = events[k]
+    bad = BookDelta(at.ts_event, at.ts_recv, "BINANCE", SPOT, 0, ((best_ask[0] + 1, 1),), ())
+    faulted, found_f = kernel([*events[: k + 1], bad, *events[k + 1 :]])
+    assert faulted.rejected == 1
+    assert [(f.rule, f.rejected) for f in found_f if f.rejected] == [("crossed_book", True)]
+    for key, book in faulted.books.items():
+        assert book.canonical() == clean.books[key].canonical()
+        bid, ask = book.best_bid(), book.best_ask()
+        assert bid is None or ask is None or bid[0] < ask[0]
