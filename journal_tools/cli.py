@@ -890,6 +890,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_health_command(add)
 
+    from journal_tools.trajectories import add_trajectories_command
+
+    add_trajectories_command(add)
+
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
     sp = ksub.add_parser(
