@@ -10,7 +10,7 @@ orderbooks      BookSnapshot, BookDelta
 trades          Trade, Bar
 funding         FundingRate, MarkPrice
 news            News
-features        (reserved for feature vectors; no event kind is routed here yet)
+features        Features
 signals         Decision
 orders          OrderSubmitted, OrderAccepted, OrderRejected, OrderCancelled,
                 OrderExpired, OrderAmended, OrderTriggered, OrderError, CancelRequested,
@@ -107,6 +107,7 @@ TOPIC_OF_KIND: Mapping[str, str] = {
     "FundingRate": "funding",
     "MarkPrice": "funding",
     "News": "news",
+    "Features": "features",
     "Decision": "signals",
     "OrderSubmitted": "orders",
     "OrderAccepted": "orders",

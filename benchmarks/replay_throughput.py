@@ -16,6 +16,11 @@
   orders) and with the market maker re-quoting both sides every 100 book events
   through the execution simulator (orders, queue positions, fills): rows/s
   (``events_per_s``, the unit the peers use), journal events/s, fills, peak RSS.
+* ``--variants``: each replay under config variants made from ./config:
+  ``plain`` (market-data validation and features off), ``validated`` (validation on)
+  and ``shipped`` (config/ as it is: validation and every feature on, a ``Features``
+  event per second); ``cost`` reports the share of replay time each layer takes
+  (``features_share`` = 1 - shipped events/s / validated events/s).
 
 Each replay process runs on one core (the kernel is single-threaded).
 """
@@ -83,6 +88,23 @@ def make_data(out: Path, deltas: int, trades: int, seed: int) -> None:
     generate(spec)
 
 
+def config_variant(work: Path, variant: str) -> Path:
+    """A copy of ./config with validation / features switched as ``variant`` says."""
+    import yaml
+
+    out = work / f"config-{variant}"
+    shutil.copytree(ROOT / "config", out, dirs_exist_ok=True)
+    if variant == "shipped":
+        return out
+    mon = yaml.safe_load((out / "monitoring.yaml").read_text())
+    mon.setdefault("validation", {})["enabled"] = variant == "validated"
+    (out / "monitoring.yaml").write_text(yaml.safe_dump(mon))
+    trading = yaml.safe_load((out / "trading.yaml").read_text())
+    trading.setdefault("features", {})["enabled"] = False
+    (out / "trading.yaml").write_text(yaml.safe_dump(trading))
+    return out
+
+
 def raw_append_rate(src_db: Path, work: Path) -> dict[str, float]:
     src = SqliteJournal(src_db)
     rows = []
@@ -117,6 +139,11 @@ def main() -> None:
         "--strategies",
         default="none,imbalance,market_maker",
         help="comma list of strategies to replay (default none,imbalance,market_maker)",
+    )
+    ap.add_argument(
+        "--variants",
+        default="shipped",
+        help="comma list of config variants: plain, validated, shipped (default shipped)",
     )
     args = ap.parse_args()
 
@@ -164,51 +191,58 @@ def main() -> None:
             "journal_mb": round(db.stat().st_size / 2**20, 1),
         }
         result["append"] = raw_append_rate(db, work)
-        for strategy in args.strategies.split(","):
-            stats_file = work / f"stats-{strategy}.json"
-            wall, rss, _ = run_timed(
-                [
-                    "taskset",
-                    "-c",
-                    "0",
-                    *tickerml(),
-                    "replay",
-                    "--journal",
-                    f"sqlite:///{db}",
-                    "--strategy",
-                    strategy,
-                    "--stats-json",
-                    str(stats_file),
-                    "-q",
-                ]
-                if shutil.which("taskset")
-                else [
-                    *tickerml(),
-                    "replay",
-                    "--journal",
-                    f"sqlite:///{db}",
-                    "--strategy",
-                    strategy,
-                    "--stats-json",
-                    str(stats_file),
-                    "-q",
-                ]
-            )
-            stats = json.loads(stats_file.read_text())
-            result[f"replay_{strategy}"] = {
-                k: stats[k]
-                for k in (
-                    "events",
-                    "messages",
-                    "seconds",
-                    "events_per_s",
-                    "messages_per_s",
-                    "decisions",
-                    "fills",
-                    "outputs",
-                    "state_hash",
+        variants = args.variants.split(",")
+        for variant in variants:
+            cfg = config_variant(work, variant)
+            for strategy in args.strategies.split(","):
+                name = (
+                    f"replay_{strategy}" if variant == "shipped" else f"replay_{strategy}_{variant}"
                 )
-            } | {"peak_rss_mb": round(rss, 1), "process_wall_s": round(wall, 2)}
+                stats_file = work / f"stats-{strategy}-{variant}.json"
+                cmd = [
+                    *tickerml(),
+                    "--config-dir",
+                    str(cfg),
+                    "replay",
+                    "--journal",
+                    f"sqlite:///{db}",
+                    "--strategy",
+                    strategy,
+                    "--stats-json",
+                    str(stats_file),
+                    "-q",
+                ]
+                if shutil.which("taskset"):
+                    cmd = ["taskset", "-c", "0", *cmd]
+                wall, rss, _ = run_timed(cmd)
+                stats = json.loads(stats_file.read_text())
+                result[name] = {
+                    k: stats[k]
+                    for k in (
+                        "events",
+                        "messages",
+                        "seconds",
+                        "events_per_s",
+                        "messages_per_s",
+                        "decisions",
+                        "fills",
+                        "outputs",
+                        "state_hash",
+                    )
+                } | {"peak_rss_mb": round(rss, 1), "process_wall_s": round(wall, 2)}
+        if {"plain", "validated", "shipped"} <= set(variants):
+            cost: dict[str, dict[str, float]] = {}
+            for strategy in args.strategies.split(","):
+                p = result[f"replay_{strategy}_plain"]["events_per_s"]  # type: ignore[index]
+                v = result[f"replay_{strategy}_validated"]["events_per_s"]  # type: ignore[index]
+                f = result[f"replay_{strategy}"]["events_per_s"]  # type: ignore[index]
+                cost[strategy] = {
+                    "validation_share": round(1 - v / p, 3),
+                    "features_share": round(1 - f / v, 3),
+                    "validation_us_per_event": round(1e6 / v - 1e6 / p, 2),
+                    "features_us_per_event": round(1e6 / f - 1e6 / v, 2),
+                }
+            result["cost"] = cost
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -120,6 +120,7 @@ def build_engine(
         risk=config.risk_limits,
         trade_windows=trade_windows_config(config.exchanges),
         validation=config.monitoring.validation,
+        features=config.trading.features,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 import msgspec
 
+from kernel.features.featureset import FeatureConfig
 from kernel.fixedpoint import MONEY_DECIMALS, RATE_DECIMALS, FixedPointError, parse_fixed
 from kernel.instruments import Instrument
 from kernel.sync import SyncConfig
@@ -134,12 +135,26 @@ class StrategyConfig(_Config, frozen=True):
     params: dict[str, ParamValue] = msgspec.field(default_factory=dict)
 
 
+class FeaturesConfig(_Config, frozen=True):
+    """config/trading.yaml ``features``: the kernel's microstructure features
+    (kernel/features). ``enabled``: compute them for every instrument and journal a
+    ``Features`` event per instrument every ``params.sample_interval_ns`` of exchange
+    time (``emit``; also published to the Kafka topic ``features`` by a live session).
+    A strategy that reads features (``ctx.features``) switches them on whatever this
+    says (without emitting). ``params``: :class:`kernel.features.FeatureConfig`."""
+
+    enabled: bool = False
+    emit: bool = True
+    params: FeatureConfig = msgspec.field(default_factory=FeatureConfig)
+
+
 class TradingConfig(_Config, frozen=True):
     """config/trading.yaml: the session seed, engine and strategy."""
 
     seed: int = 42
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
+    features: FeaturesConfig = msgspec.field(default_factory=FeaturesConfig)
 
 
 class JournalConfig(_Config, frozen=True):

@@ -78,6 +78,18 @@ class StrategyContext:
         it, never feed it: the engine adds each trade before ``on_market`` sees it."""
         return self._engine.trade_windows()
 
+    def use_features(self) -> None:
+        """Switch the microstructure features on (kernel/features; ask in ``on_start``
+        so that they have seen every event). :meth:`features` does it too."""
+        self._engine.features_on()
+
+    def features(self, exchange: str, symbol: str) -> dict[str, float]:
+        """Every feature of one instrument now (names as in the ``Features`` events):
+        book and trade-flow features (kernel/features/featureset.py), cross-venue ones
+        (kernel/features/cross.py) and portfolio-aware ones
+        (kernel/features/portfolio.py). O(levels + venues); read, never feed."""
+        return self._engine.feature_values(exchange, symbol)
+
     def decide(
         self,
         exchange: str,

@@ -22,7 +22,13 @@ import msgspec
 import numpy as np
 
 from kernel.book import BookError, L2Book
-from kernel.config import EngineConfig, LatencyProfile, RiskLimitsConfig, ValidationConfig
+from kernel.config import (
+    EngineConfig,
+    FeaturesConfig,
+    LatencyProfile,
+    RiskLimitsConfig,
+    ValidationConfig,
+)
 from kernel.context import StrategyContext, StrategyLike
 from kernel.events import (
     AmendRequested,
@@ -32,6 +38,7 @@ from kernel.events import (
     DataQuality,
     Decision,
     Event,
+    Features,
     Fill,
     FundingPayment,
     FundingRate,
@@ -56,6 +63,9 @@ from kernel.events import (
     encode,
 )
 from kernel.execution import Venue, VenueState
+from kernel.features.cross import CROSS_NAMES, cross_venue_features
+from kernel.features.featureset import FeatureSample, FeatureSet
+from kernel.features.portfolio import PORTFOLIO_NAMES, heat, portfolio_features
 from kernel.fixedpoint import MONEY_DECIMALS, POW10, parse_fixed
 from kernel.instruments import Instrument, InstrumentError, InstrumentRegistry
 from kernel.portfolio import Portfolio, PortfolioState, funding_amount
@@ -141,6 +151,14 @@ class EngineStateValidated(EngineStateWithTrades, frozen=True, array_like=True):
     validator: bytes = b""
 
 
+class EngineStateWithFeatures(EngineStateValidated, frozen=True, array_like=True):
+    """:class:`EngineStateValidated` plus the features' state (kernel/features,
+    :meth:`FeatureSet.snapshot`; the books are the engine's own), written only when
+    features are on."""
+
+    features: bytes = b""
+
+
 class Engine:
     """``Engine(config, instruments, strategy, seed)``; feed it with :meth:`apply`."""
 
@@ -155,6 +173,7 @@ class Engine:
         risk: RiskLimitsConfig | None = None,
         trade_windows: TradeWindowsConfig | None = None,
         validation: ValidationConfig | None = None,
+        features: FeaturesConfig | None = None,
     ) -> None:
         self.config = config
         self.instruments = (
@@ -243,6 +262,16 @@ class Engine:
             if validation is not None and validation.enabled
             else None
         )
+        # microstructure features (kernel/features) over the engine's own books: on when
+        # configured (then sampled into Features events) or when a strategy reads them
+        self._features_cfg = features or FeaturesConfig()
+        self._features: FeatureSet | None = None
+        self._feature_names: tuple[str, ...] = ()
+        self._venues: dict[str, list[Instrument]] = {}
+        for inst in self.instruments:
+            self._venues.setdefault(inst.symbol, []).append(inst)
+        if self._features_cfg.enabled:
+            self.features_on()
         self._started = False
 
     # -- public API ------------------------------------------------------------------
@@ -318,6 +347,81 @@ class Engine:
         if self._trades is None:
             self._trades = TradeAggregator(self._trade_windows_config, self.instruments)
         return self._trades
+
+    def features_on(self) -> FeatureSet:
+        """The features (kernel/features), switched on by the first call (config
+        ``trading.features.enabled`` calls it at construction; a strategy that reads
+        features calls it through the context in ``on_start``). They fold every accepted
+        market event from then on and are part of the state; sampled into ``Features``
+        events only when configured."""
+        if self._features is None:
+            cfg = self._features_cfg
+            params = cfg.params
+            if not (cfg.enabled and cfg.emit) and params.sample_interval_ns:
+                params = msgspec.structs.replace(params, sample_interval_ns=0)
+            self._features = FeatureSet(params, books=self.books)
+            self._feature_names = self._features.names + CROSS_NAMES + PORTFOLIO_NAMES
+        return self._features
+
+    def feature_values(self, exchange: str, symbol: str) -> dict[str, float]:
+        """Every feature of one instrument now: the microstructure features at its event
+        clock, then the cross-venue (kernel/features/cross.py) and portfolio-aware
+        (kernel/features/portfolio.py) ones."""
+        fs = self.features_on()
+        values = fs.features(exchange, symbol)
+        extra = self._extra_features(f"{exchange}:{symbol}")
+        values.update(zip(CROSS_NAMES + PORTFOLIO_NAMES, extra, strict=True))
+        return values
+
+    def _extra_features(self, key: str, gross: int | None = None) -> tuple[float, ...]:
+        if key not in self.instruments:
+            return (0.0,) * (len(CROSS_NAMES) + len(PORTFOLIO_NAMES))
+        inst = self.instruments.by_key(key)
+        cross = cross_venue_features(inst, self._venues.get(inst.symbol, ()), self.books)
+        pos = self.portfolio.positions.get(key)
+        held = self._positions()
+        if gross is None:
+            gross = self._gross_exposure(held)
+        cap_pct, slots = 100.0, 1
+        correlation = 0.0
+        if self.risk is not None:
+            cap_pct, slots = self.risk.cfg.max_position_pct, self.risk.cfg.max_positions
+            if held:
+                correlation = self.risk.correlation_to_open(inst, held)
+        h = heat(gross, self.equity(), cap_pct, slots)
+        if pos is None or not pos.qty:
+            return cross + portfolio_features(0.0, None, 0, 0, self.now, h, correlation)
+        mark = self._mark(key)
+        value = None
+        if mark is not None:
+            v = inst.notional(mark, abs(pos.qty))
+            value = v if pos.qty > 0 else -v
+        qty = pos.qty / POW10[inst.size_decimals]
+        return cross + portfolio_features(
+            qty, value, pos.cost, pos.opened_ts, self.now, h, correlation
+        )
+
+    def _gross_exposure(self, held: dict[str, int]) -> int:
+        return sum(
+            abs(self._position_value(k, q, self.portfolio.positions[k].cost))
+            for k, q in held.items()
+        )
+
+    def _emit_samples(self, samples: list[FeatureSample]) -> None:
+        gross = self._gross_exposure(self._positions())
+        names = self._feature_names
+        now = self.now
+        for s in samples:
+            key = f"{s.exchange}:{s.symbol}"
+            ev = Features(
+                ts_event=s.ts,
+                ts_recv=now,
+                exchange=s.exchange,
+                symbol=s.symbol,
+                names=names,
+                values=s.values + self._extra_features(key, gross),
+            )
+            self._out.append(ev)
 
     def _schedule(self, at_ns: int, kind: int, data: object) -> None:
         self._timer_seq += 1
@@ -836,6 +940,11 @@ class Engine:
             return
         bids, asks = ev.bids, ev.asks
         self.rows_in += len(bids) + len(asks)
+        fs = self._features
+        if fs is not None:
+            samples = fs.due(ev)
+            if samples:
+                self._emit_samples(samples)
         try:
             if key in self._active:
                 # the venue watches this instrument: it applies the delta around its own
@@ -848,6 +957,8 @@ class Engine:
             self._quality(ev, exc.rule, exc.detail, True)
             return
         book.seq = ev.seq
+        if fs is not None:
+            fs.update(ev)
         held = self._held_mids
         if held and key in held:
             bk, ak = book.bids.keys, book.asks.keys
@@ -868,12 +979,19 @@ class Engine:
         if book is None:
             return
         self.rows_in += len(ev.bids) + len(ev.asks)
+        fs = self._features
+        if fs is not None:
+            samples = fs.due(ev)
+            if samples:
+                self._emit_samples(samples)
         try:
             book.apply_snapshot(ev.bids, ev.asks, ev.ts_event)
         except BookError as exc:
             self._quality(ev, exc.rule, exc.detail, True)
             return
         book.seq = ev.seq
+        if fs is not None:
+            fs.update(ev)
         key = f"{ev.exchange}:{ev.symbol}"
         if key in self._active:
             self.venue.now = self.now
@@ -892,6 +1010,12 @@ class Engine:
             return
         key = f"{ev.exchange}:{ev.symbol}"
         self.last_trades[key] = ev
+        fs = self._features
+        if fs is not None:
+            samples = fs.due(ev)
+            if samples:
+                self._emit_samples(samples)
+            fs.update(ev)
         trades = self._trades
         if trades is not None and key in self.instruments:
             trades.add(ev)
@@ -1034,6 +1158,11 @@ class Engine:
             cls = EngineStateValidated
             extra["trade_windows"] = extra.get("trade_windows", b"")
             extra["validator"] = self.validator.snapshot()
+        if self._features is not None:
+            cls = EngineStateWithFeatures
+            extra["trade_windows"] = extra.get("trade_windows", b"")
+            extra["validator"] = extra.get("validator", b"")
+            extra["features"] = self._features.snapshot()
         return cls(
             version=STATE_VERSION,
             now=self.now,
@@ -1073,7 +1202,7 @@ class Engine:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
 
     def restore(self, snapshot: bytes) -> None:
-        st = msgspec.msgpack.decode(snapshot, type=EngineStateValidated)
+        st = msgspec.msgpack.decode(snapshot, type=EngineStateWithFeatures)
         if st.version != STATE_VERSION:
             raise ValueError(f"snapshot version {st.version} != engine version {STATE_VERSION}")
         self.now = st.now
@@ -1122,6 +1251,12 @@ class Engine:
             if not st.validator:
                 raise ValueError("snapshot has no validator state but validation is on")
             self.validator.restore(st.validator)
+        if st.features:
+            self._features = None
+            self.features_on().restore_bytes(st.features)
+        elif self._features is not None:
+            self._features = FeatureSet(self._features.config, books=self.books)
+
         if self.risk is not None:
             self._revalue_held()
             self._bands.clear()  # every move re-evaluates until the next full update

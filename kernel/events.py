@@ -414,6 +414,21 @@ class LateEvent(Event, frozen=True, tag="LateEvent"):
     payload: bytes
 
 
+class Features(Event, frozen=True, tag="Features"):
+    """One instrument's features, sampled by the kernel (kernel/features): ``values[i]``
+    is ``names[i]`` (floats; 0.0 where undefined). ``ts_event`` is the sample boundary
+    (exchange time, ns: the features of everything before it), ``ts_recv`` the kernel
+    clock when the sample was made."""
+
+    exchange: str
+    symbol: str
+    names: tuple[str, ...]
+    values: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.names, self.values, strict=True))
+
+
 class ModelLoaded(Event, frozen=True, tag="ModelLoaded"):
     model_id: str
     weights_hash: str
@@ -460,6 +475,7 @@ AnyEvent = (
     | ModelLoaded
     | Alert
     | Bar
+    | Features
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -496,6 +512,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ModelLoaded,
     Alert,
     Bar,
+    Features,
 )
 
 MARKET_KINDS: frozenset[str] = frozenset(

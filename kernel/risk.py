@@ -316,6 +316,27 @@ class RiskManager:
         )
         return cut
 
+    def correlation_to_open(self, inst: Instrument, positions: dict[str, int]) -> float:
+        """The correlation of ``inst``'s asset with the open position (another asset)
+        it moves most with, signed by that position's direction: ``rho x sign(qty)``
+        of largest magnitude; 0.0 without enough samples or other positions."""
+        mine = self._returns(inst.base)
+        if mine is None:
+            return 0.0
+        best = 0.0
+        for k, q in sorted(positions.items()):
+            other = self.instruments.by_key(k)
+            if not q or other.base == inst.base:
+                continue
+            theirs = self._returns(other.base)
+            if theirs is None:
+                continue
+            n = min(len(mine), len(theirs))
+            rho = pearson(mine[-n:], theirs[-n:])
+            if rho is not None and abs(rho) > abs(best):
+                best = rho if q > 0 else -rho
+        return best
+
     # -- correlation samples ---------------------------------------------------------
 
     def sample(self, mids: dict[str, float]) -> None:

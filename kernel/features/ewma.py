@@ -76,6 +76,8 @@ class SignalEwma:
         if not self.started:
             self.started = self.fresh = True
             self.mean, self.var, self.last_ts = x, 0.0, ts
+        elif x == self.value and not self.fresh:
+            return  # the signal holds its value: folding later gives the same mean/var
         elif ts > self.last_ts:
             self.mean, self.var = self._folded(ts)
             self.last_ts = ts

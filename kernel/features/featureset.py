@@ -62,6 +62,7 @@ from kernel.features.ewma import (
     EventRateState,
     SignalEwma,
     SignalEwmaState,
+    decay,
 )
 from kernel.features.flow import TradeFlow, TradeFlowState
 from kernel.features.kyle import KyleLambda, KyleLambdaState
@@ -172,17 +173,22 @@ class _Instrument:
         "book",
         "buy_volume",
         "clock",
+        "exchange",
         "flow",
+        "key",
         "kyle",
         "next_sample",
         "rejected",
         "sell_volume",
         "spread",
+        "symbol",
         "trades",
         "vpin",
     )
 
     def __init__(self, config: FeatureConfig, exchange: str, symbol: str) -> None:
+        self.key = f"{exchange}:{symbol}"
+        self.exchange, self.symbol = exchange, symbol
         self.book = L2Book(exchange, symbol)
         self.clock = 0
         self.next_sample = 0
@@ -229,16 +235,32 @@ class FeatureSetState(msgspec.Struct, array_like=True):
 class FeatureSet:
     """Microstructure features per instrument; see the module docstring."""
 
-    def __init__(self, config: FeatureConfig | None = None) -> None:
+    def __init__(
+        self, config: FeatureConfig | None = None, books: dict[str, L2Book] | None = None
+    ) -> None:
         self.config = config if config is not None else FeatureConfig()
         self.names = feature_names(self.config)
         self._instruments: dict[str, _Instrument] = {}
+        # shared books (the engine's, by EXCHANGE:SYMBOL): read, never changed; None:
+        # the set keeps its own book per instrument
+        self._books = books
+        self._current: _Instrument | None = None  # the instrument of the last due()
+
+    def share_books(self, books: dict[str, L2Book]) -> None:
+        """Read ``books`` (the engine's, after it restored them) instead of own books."""
+        self._books = books
+        for key, inst in self._instruments.items():
+            book = books.get(key)
+            if book is not None:
+                inst.book = book
 
     def _get(self, exchange: str, symbol: str) -> _Instrument:
         key = f"{exchange}:{symbol}"
         inst = self._instruments.get(key)
         if inst is None:
             inst = self._instruments[key] = _Instrument(self.config, exchange, symbol)
+            if self._books is not None and key in self._books:
+                inst.book = self._books[key]
         return inst
 
     def keys(self) -> list[str]:
@@ -259,24 +281,50 @@ class FeatureSet:
 
     def apply(self, event: Event) -> list[FeatureSample]:
         """Fold one event in; returns the sample it triggers (at most one). Events other
-        than book messages and trades are ignored."""
+        than book messages and trades are ignored. ``apply`` = :meth:`due` then
+        :meth:`update`."""
         if not isinstance(event, BookSnapshot | BookDelta | Trade):
             return []
-        inst = self._get(event.exchange, event.symbol)
-        ts = max(event.ts_event, inst.clock)
-        samples: list[FeatureSample] = []
-        interval = self.config.sample_interval_ns
-        if interval:
-            if inst.next_sample and ts >= inst.next_sample:
-                samples.append(self._sample(inst, inst.next_sample))
-            if ts >= inst.next_sample:
-                inst.next_sample = (ts // interval + 1) * interval
-        inst.clock = ts
-        if isinstance(event, Trade):
-            self._on_trade(inst, ts, event)
-        else:
-            self._on_book(inst, ts, event)
+        samples = self.due(event)
+        self.update(event)
         return samples
+
+    def due(self, event: BookSnapshot | BookDelta | Trade) -> list[FeatureSample]:
+        """The first half of :meth:`apply`: moves the instrument's clock to the event and
+        returns the sample of the boundary the event crosses (features of everything
+        before it), without folding the event in. With shared books the engine calls it
+        before it changes its book, and :meth:`update` once it has."""
+        inst = self._instruments.get(f"{event.exchange}:{event.symbol}")
+        if inst is None:
+            inst = self._get(event.exchange, event.symbol)
+        ts = event.ts_event
+        if ts < inst.clock:
+            ts = inst.clock
+        interval = self.config.sample_interval_ns
+        samples: list[FeatureSample] = []
+        if interval and ts >= inst.next_sample:
+            if inst.next_sample:
+                samples.append(self._sample(inst, inst.next_sample))
+            inst.next_sample = (ts // interval + 1) * interval
+        inst.clock = ts
+        self._current = inst
+        return samples
+
+    def update(self, event: BookSnapshot | BookDelta | Trade) -> None:
+        """The second half of :meth:`apply`: fold the event in at the instrument's clock
+        (call :meth:`due` with the same event just before). With shared books a book
+        message is one the engine has applied to its book (refused ones are not passed
+        on)."""
+        inst = self._current
+        if inst is None or inst.symbol != event.symbol or inst.exchange != event.exchange:
+            inst = self._instruments[f"{event.exchange}:{event.symbol}"]
+        if type(event) is Trade:
+            self._on_trade(inst, inst.clock, event)
+        elif self._books is None:
+            self._on_book(inst, inst.clock, event)  # type: ignore[arg-type]
+        else:
+            inst.book = self._books[inst.key]
+            self._on_shared_book(inst, inst.clock)
 
     def tick(self, ts: int) -> list[FeatureSample]:
         """Time reached ``ts`` without an event (a heartbeat, an engine timer): the samples
@@ -307,11 +355,37 @@ class FeatureSet:
             inst.spread.update(ts, bookf.spread_bp(book))
             inst.kyle.on_mid(ts, mid_x2)
 
+    def _on_shared_book(self, inst: _Instrument, ts: int) -> None:
+        book = inst.book
+        bk, ak = book.bids.keys, book.asks.keys
+        if bk and ak:
+            bid, ask = bk[-1], -ak[-1]
+            m2 = bid + ask
+            inst.spread.update(ts, 2e4 * (ask - bid) / m2 if m2 else 0.0)
+            inst.kyle.on_mid(ts, m2)
+
     def _on_trade(self, inst: _Instrument, ts: int, trade: Trade) -> None:
         is_buy = trade.side == "buy"
         size = trade.size
-        inst.trades.add(ts)
-        (inst.buy_volume if is_buy else inst.sell_volume).add(ts, float(size))
+        trades, buys, sells = inst.trades, inst.buy_volume, inst.sell_volume
+        last = trades.last_ts
+        if buys.last_ts == last == sells.last_ts:
+            # the three rates share a clock and a half-life: one decay for all (the same
+            # value as decaying each on its own; decay(a) x decay(b) = decay(a + b))
+            if ts > last:
+                d = decay(ts - last, trades.half_life_ns)
+                trades.level *= d
+                buys.level *= d
+                sells.level *= d
+                trades.last_ts = buys.last_ts = sells.last_ts = ts
+            trades.level += 1.0
+            if is_buy:
+                buys.level += size
+            else:
+                sells.level += size
+        else:  # restored from a state where they drifted apart
+            trades.add(ts)
+            (buys if is_buy else sells).add(ts, float(size))
         inst.flow.add(ts, trade.price, size, is_buy)
         if inst.vpin is not None:
             inst.vpin.add(trade.price, size, is_buy)
@@ -381,7 +455,8 @@ class FeatureSet:
         out = []
         for _, inst in sorted(self._instruments.items()):
             book = inst.book
-            bids, asks = book.canonical()
+            # shared books are the engine's state, not the features'
+            bids, asks = book.canonical() if self._books is None else ([], [])
             out.append(
                 InstrumentFeaturesState(
                     exchange=book.exchange,
@@ -428,6 +503,8 @@ class FeatureSet:
             inst.kyle.restore(saved.kyle)
             instruments[f"{saved.exchange}:{saved.symbol}"] = inst
         self._instruments = instruments
+        if self._books is not None:
+            self.share_books(self._books)
 
     def snapshot(self) -> bytes:
         """The state as msgpack bytes (deterministic: same state, same bytes)."""

@@ -55,38 +55,27 @@ class WindowSums(msgspec.Struct, frozen=True):
 
 
 class _FlowWindow:
-    __slots__ = ("buy_volume", "entries", "large_volume", "price_volume", "span_ns", "volume")
+    """One window's running sums over a suffix of the shared trade deque: the trades
+    from absolute index ``first`` on (the deque's head has absolute index ``base`` in
+    :class:`TradeFlow`)."""
+
+    __slots__ = ("buy_volume", "first", "large_volume", "price_volume", "span_ns", "volume")
 
     def __init__(self, span_ns: int) -> None:
         self.span_ns = span_ns
-        self.entries: deque[FlowEntry] = deque()
+        self.first = 0
         self.volume = 0
         self.buy_volume = 0
         self.price_volume = 0
         self.large_volume = 0
 
-    def _count(self, e: FlowEntry, sign: int) -> None:
-        _, price, size, is_buy, is_large = e
-        self.volume += sign * size
-        self.price_volume += sign * price * size
-        if is_buy:
-            self.buy_volume += sign * size
-        if is_large:
-            self.large_volume += sign * size
-
-    def push(self, e: FlowEntry) -> None:
-        self.entries.append(e)
-        self._count(e, 1)
-        cutoff = e[0] - self.span_ns
-        entries = self.entries
-        while entries[0][0] <= cutoff:
-            self._count(entries.popleft(), -1)
-
-    def sums(self, at: int) -> WindowSums:
-        trades = len(self.entries)
+    def sums(self, entries: deque[FlowEntry], offset: int, at: int) -> WindowSums:
+        """The totals at ``at``: the window's entries start at ``entries[offset]``."""
+        trades = len(entries) - offset
         volume, buy, pv, large = self.volume, self.buy_volume, self.price_volume, self.large_volume
         cutoff = at - self.span_ns
-        for ts, price, size, is_buy, is_large in self.entries:
+        for i in range(offset, len(entries)):
+            ts, price, size, is_buy, is_large = entries[i]
             if ts > cutoff:
                 break
             trades -= 1
@@ -107,37 +96,72 @@ class TradeFlowState(msgspec.Struct, array_like=True):
 
 
 class TradeFlow:
-    """Windows of ``spans_ns`` (increasing) over one instrument's trades."""
+    """Windows of ``spans_ns`` (increasing) over one instrument's trades. One deque holds
+    the trades of the largest window; each smaller window is a suffix of it, with its
+    own running sums and start index, so a trade is stored once and evicted once per
+    window."""
 
-    __slots__ = ("large_size", "last_ts", "spans_ns", "windows")
+    __slots__ = ("base", "entries", "large_size", "last_ts", "spans_ns", "windows")
 
     def __init__(self, spans_ns: tuple[int, ...], large_size: int | None) -> None:
         self.spans_ns = spans_ns
         self.large_size = large_size
         self.windows = [_FlowWindow(s) for s in spans_ns]
+        self.entries: deque[FlowEntry] = deque()
+        self.base = 0  # absolute index of entries[0]
         self.last_ts = 0
 
     def add(self, ts: int, price: int, size: int, is_buy: bool) -> None:
         """A trade at ``ts`` (earlier than the last: counted at the last)."""
-        ts = max(ts, self.last_ts)
+        if ts < self.last_ts:
+            ts = self.last_ts
         self.last_ts = ts
         large = self.large_size is not None and size >= self.large_size
-        entry: FlowEntry = (ts, price, size, is_buy, large)
-        for window in self.windows:
-            window.push(entry)
+        self._push((ts, price, size, is_buy, large))
+
+    def _push(self, e: FlowEntry) -> None:
+        entries = self.entries
+        entries.append(e)
+        ts, price, size, is_buy, is_large = e
+        pv = price * size
+        base = self.base
+        for w in self.windows:
+            w.volume += size
+            w.price_volume += pv
+            if is_buy:
+                w.buy_volume += size
+            if is_large:
+                w.large_volume += size
+            cutoff = ts - w.span_ns
+            i = w.first - base
+            while entries[i][0] <= cutoff:
+                _, op, osz, ob, ol = entries[i]
+                w.volume -= osz
+                w.price_volume -= op * osz
+                if ob:
+                    w.buy_volume -= osz
+                if ol:
+                    w.large_volume -= osz
+                i += 1
+            w.first = i + base
+        drop = self.windows[-1].first - base  # older than the largest window
+        if drop:
+            for _ in range(drop):
+                entries.popleft()
+            self.base = base + drop
 
     def sums(self, index: int, at: int) -> WindowSums:
         """Window ``index`` (into ``spans_ns``) at ``at`` (>= the last trade)."""
-        return self.windows[index].sums(max(at, self.last_ts))
+        w = self.windows[index]
+        return w.sums(self.entries, w.first - self.base, max(at, self.last_ts))
 
     def state(self) -> TradeFlowState:
-        return TradeFlowState(self.last_ts, list(self.windows[-1].entries))
+        return TradeFlowState(self.last_ts, list(self.entries))
 
     def restore(self, st: TradeFlowState) -> None:
         self.windows = [_FlowWindow(s) for s in self.spans_ns]
+        self.entries = deque()
+        self.base = 0
         self.last_ts = st.last_ts
-        for window in self.windows:
-            cutoff = st.last_ts - window.span_ns
-            for e in st.entries:
-                if e[0] > cutoff:
-                    window.push(e)
+        for e in st.entries:
+            self._push(e)
