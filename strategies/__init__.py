@@ -6,11 +6,19 @@ from kernel.config import StrategyConfig
 from strategies.base import BaseStrategy, Strategy
 from strategies.imbalance import ImbalanceStrategy
 from strategies.market_maker import MarketMakerStrategy
+from strategies.momentum import MomentumStrategy
 from strategies.taker import TakerStrategy
 
-STRATEGIES: dict[str, type[ImbalanceStrategy] | type[MarketMakerStrategy] | type[TakerStrategy]] = {
+STRATEGIES: dict[
+    str,
+    type[ImbalanceStrategy]
+    | type[MarketMakerStrategy]
+    | type[TakerStrategy]
+    | type[MomentumStrategy],
+] = {
     "imbalance": ImbalanceStrategy,
     "market_maker": MarketMakerStrategy,
+    "momentum": MomentumStrategy,
     "taker": TakerStrategy,
 }
 
@@ -34,6 +42,7 @@ __all__ = [
     "BaseStrategy",
     "ImbalanceStrategy",
     "MarketMakerStrategy",
+    "MomentumStrategy",
     "Strategy",
     "TakerStrategy",
     "build_strategy",
