@@ -30,19 +30,9 @@ from rich.table import Table
 
 from adapters.config_loader import ConfigError, load_config
 from adapters.journal import open_journal
-from adapters.journal.base import Journal, JournalError, session_stream
+from adapters.journal.base import Journal, JournalError
 from kernel.config import AppConfig, StrategyConfig
 from kernel.events import (
-    Decision,
-    Fill,
-    OrderCancelled,
-    OrderExpired,
-    OrderRejected,
-    OrderSubmitted,
-    SessionEnded,
-    SessionStarted,
-    decode,
-    kind_of,
     to_builtins,
 )
 from kernel.instruments import InstrumentRegistry
@@ -310,91 +300,153 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 )
             out.print(table)
             return 0
-        stream = session_stream(args.session)
-        chain = journal.verify(stream)
-        rows = []
-        header: SessionStarted | None = None
-        ended: SessionEnded | None = None
-        # what each decision caused: its orders, and their fills and final states
-        orders_of: dict[str, list[str]] = {}
-        order_info: dict[str, dict[str, Any]] = {}
-        for rec in journal.read(stream):
-            ev = decode(rec.payload)
-            if isinstance(ev, SessionStarted):
-                header = ev
-            elif isinstance(ev, SessionEnded):
-                ended = ev
-            elif isinstance(ev, Decision):
-                rows.append((rec.seq, ev))
-            elif isinstance(ev, OrderSubmitted):
-                orders_of.setdefault(ev.decision_id, []).append(ev.order_id)
-                order_info[ev.order_id] = {
-                    "order_id": ev.order_id,
-                    "side": ev.side,
-                    "type": ev.order_type,
-                    "size": ev.size,
-                    "price": ev.price,
-                    "state": "submitted",
-                    "filled": 0,
-                    "fees": 0,
-                    "fills": 0,
-                }
-            else:
-                oid = getattr(ev, "order_id", None)
-                info = order_info.get(oid) if isinstance(oid, str) else None
-                if info is not None:
-                    if isinstance(ev, Fill):
-                        info["filled"] += ev.size
-                        info["fees"] += ev.fee
-                        info["fills"] += 1
-                        info["state"] = "filled" if info["filled"] >= info["size"] else "partial"
-                    elif isinstance(ev, OrderRejected):
-                        info["state"] = f"rejected: {ev.reason}"
-                    elif isinstance(ev, OrderCancelled | OrderExpired):
-                        info["state"] = kind_of(ev).removeprefix("Order").lower()
-        if header is None:
-            raise UsageError(f"no session {args.session!r} in the journal")
+        from journal_tools.audit import AuditError, build_audit, to_csv
+
+        try:
+            doc = build_audit(
+                journal,
+                args.session,
+                decision_id=args.decision,
+                start_ns=parse_time(args.start) if args.start else None,
+                end_ns=parse_time(args.end) if args.end else None,
+                limit=args.limit,
+            )
+        except AuditError as exc:
+            raise UsageError(str(exc)) from None
+    ok = bool(doc["hash_chain_ok"])
     if args.format == "json":
-        doc = {
-            "session": to_builtins(header),
-            "ended": to_builtins(ended) if ended else None,
-            "hash_chain_ok": chain.ok,
-            "decisions": [
-                dict(
-                    to_builtins(d),
-                    seq=seq,
-                    orders=[order_info[o] for o in orders_of.get(d.decision_id, [])],
-                )
-                for seq, d in rows[: args.limit]
-            ],
-        }
         out.print_json(data=doc)
-        return 0 if chain.ok else 1
-    chain_text = "[green]ok[/]" if chain.ok else f"[red]BROKEN at seq {chain.first_bad_seq}[/]"
+        return 0 if ok else 1
+    if args.format == "csv":
+        sys.stdout.write(to_csv(doc))
+        return 0 if ok else 1
+    header, ended, chain = doc["session"], doc["ended"], doc["hash_chain"]
+    chain_text = "[green]ok[/]" if ok else f"[red]BROKEN at seq {chain['first_bad_seq']}[/]"
     out.print(
-        f"session [bold]{header.session_id}[/] strategy {header.strategy} seed {header.seed} "
-        f"config {header.config_hash[:16]} code {header.code_version}\n"
-        f"inputs {fmt_ns(header.input_from)} .. {fmt_ns(header.input_to)}; "
-        f"hash chain {chain_text}"
-        + (f"; state hash {ended.state_hash[:16]}" if ended else "; [yellow]not ended[/]")
+        f"session [bold]{header['session_id']}[/] strategy {header['strategy']} seed "
+        f"{header['seed']} config {header['config_hash'][:16]} code {header['code_version']}\n"
+        f"inputs {fmt_ns(header['input_from'])} .. {fmt_ns(header['input_to'])}; "
+        f"hash chain {chain_text} ({chain['rows']} rows)"
+        + (f"; state hash {ended['state_hash'][:16]}" if ended else "; [yellow]not ended[/]")
     )
-    table = Table(title=f"{len(rows)} decisions")
-    for col in ("seq", "time", "decision", "instrument", "action", "conf", "reasoning", "orders"):
+    if args.decision:
+        _print_decision(doc["decisions"][0])
+        return 0 if ok else 1
+    table = Table(title=f"{doc['decisions_total']} decisions")
+    for col in (
+        "seq",
+        "time",
+        "decision",
+        "instrument",
+        "action",
+        "conf",
+        "reasoning",
+        "thresholds",
+        "risk",
+        "orders",
+    ):
         table.add_column(col, overflow="fold")
-    for seq, d in rows[: args.limit]:
-        caused = [order_info[o] for o in orders_of.get(d.decision_id, [])]
+    for d in doc["decisions"]:
         table.add_row(
-            str(seq),
-            fmt_ns(d.ts_event),
-            d.decision_id,
-            f"{d.exchange}:{d.symbol}",
-            d.action,
-            f"{d.confidence:.2f}",
-            d.reasoning,
-            "; ".join(f"{o['order_id']} {o['side']} {o['state']}" for o in caused),
+            str(d["seq"]),
+            fmt_ns(d["ts"]),
+            d["decision_id"],
+            d["instrument"],
+            d["action"],
+            f"{d['confidence']:.2f}",
+            d["reasoning"],
+            " ".join(f"{k}={v:g}" for k, v in d["thresholds"].items()),
+            d["risk_checks"],
+            "; ".join(f"{o['order_id']} {o['side']} {o['state']}" for o in d["orders"]),
         )
     out.print(table)
-    return 0 if chain.ok else 1
+    return 0 if ok else 1
+
+
+def _print_decision(d: dict[str, Any]) -> None:
+    """One decision in full: inputs, thresholds, the features sample, risk, orders, fills."""
+    mark = "[green]verified[/]" if d["row"]["verified"] else "[red]NOT verified[/]"
+    out.print(
+        f"\ndecision [bold]{d['decision_id']}[/] seq {d['seq']} ({mark}, hash "
+        f"{d['row']['hash'][:16]}) at {fmt_ns(d['ts'])} {d['instrument']} "
+        f"[bold]{d['action']}[/] confidence {d['confidence']:.3f}"
+        + (f" model {d['model_id']}" if d["model_id"] else "")
+        + f"\nreasoning: {d['reasoning']}\nrisk checks: {d['risk_checks']}"
+    )
+    inputs = Table(title="inputs the decision names")
+    for col in ("name", "value", "kind"):
+        inputs.add_column(col)
+    for k, v in d["features"].items():
+        inputs.add_row(k, f"{v:.6g}", "feature")
+    for k, v in d["thresholds"].items():
+        inputs.add_row(k, f"{v:.6g}", "threshold")
+    out.print(inputs)
+    sample = d["feature_sample"]
+    if sample is not None:
+        t = Table(title=f"kernel features at {fmt_ns(sample['ts'])} (last sample before it)")
+        t.add_column("feature")
+        t.add_column("value")
+        for k, v in sample["values"].items():
+            t.add_row(k, f"{v:.6g}")
+        out.print(t)
+    orders = Table(title="orders and fills it caused")
+    for col in (
+        "order",
+        "side",
+        "type",
+        "size",
+        "price",
+        "state",
+        "fill",
+        "fill price",
+        "fill size",
+        "fee",
+        "slippage",
+        "impact",
+        "liq",
+        "row",
+    ):
+        orders.add_column(col, overflow="fold")
+    for o in d["orders"]:
+        orders.add_row(
+            o["order_id"],
+            o["side"],
+            o["type"],
+            str(o["size"]),
+            str(o["price"]),
+            o["state"],
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            str(o["row"]["seq"]),
+        )
+        for f in o["fill_rows"]:
+            orders.add_row(
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f["fill_id"],
+                str(f["price"]),
+                str(f["size"]),
+                f"{f['fee']:.8f}",
+                f"{f['slippage']:.8f}",
+                f"{f['impact']:.8f}",
+                f["liquidity"],
+                str(f["row"]["seq"]),
+            )
+    out.print(orders)
+    p = d["pnl"]
+    out.print(
+        f"P&L attribution: notional {p['notional']:.8f}, fees {p['fees']:.8f}, slippage "
+        f"{p['slippage']:.8f}, impact {p['impact']:.8f} (quote units)"
+    )
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
@@ -763,10 +815,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--archive", metavar="DIR", help="the Parquet archive, if it moved")
     sp.add_argument("--stream", action="append", default=[], help="only this stream (repeatable)")
 
-    sp = add("audit", cmd_audit, "list sessions, or a session's decisions with their reasoning")
+    sp = add(
+        "audit",
+        cmd_audit,
+        "list sessions, or a session's decisions: inputs, thresholds, risk, orders, fills",
+    )
     sp.add_argument("--session", help="session id (omit to list sessions)")
+    sp.add_argument("--decision", help="one decision id (e.g. d7), shown in full")
+    sp.add_argument("--from", dest="start", help="decisions from this time (ISO-8601 or ns)")
+    sp.add_argument("--to", dest="end", help="decisions before this time (ISO-8601 or ns)")
     sp.add_argument("--journal", help="journal DSN")
-    sp.add_argument("--format", choices=["table", "json"], default="table")
+    sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
     sp.add_argument("--limit", type=int, default=50, help="at most this many decisions")
 
     sp = add(

@@ -162,7 +162,7 @@ def test_audit_lists_decisions_with_reasoning(
     assert len(doc["decisions"]) == min(50, int(stats["decisions"]))  # type: ignore[call-overload]
     d = doc["decisions"][0]
     assert d["reasoning"].startswith(("imbalance(5)=", "|imbalance(5)|="))
-    assert dict(d["features"])["threshold"] == 0.6
+    assert d["thresholds"]["threshold"] == 0.6
     assert main(["audit", "--journal", dsn]) == 0
     assert str(stats["session_id"]) in capsys.readouterr().out
 
