@@ -15,6 +15,9 @@
 # Latency is set to the peers' constant 1 ms entry + 1 ms response, cash to 10M USDT (so
 # that a spot account never runs out); our venue still models queue position, depletion of
 # the displayed liquidity by our own fills, impact and toxicity, which the peers do not.
+# TICKERML_LAYERS: plain (default: market-data validation and the Features sampling off,
+# the same work as the peers), validated (validation on) or shipped (config/ as it is:
+# validation and every feature on, a Features event per second).
 set -euo pipefail
 data="$1"; mode="${3:-replay}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +41,17 @@ s = open(p).read()
 s = re.sub(r"latency: \{[^}]*\}", "latency: {model: constant, entry_mean_ms: 1, entry_std_ms: 0, "
            "response_mean_ms: 1, response_std_ms: 0, spike_probability: 0}", s)
 open(p, "w").write(s)
+PY
+"$root/.venv/bin/python" - "$w/config" "${TICKERML_LAYERS:-plain}" <<'PY'
+import sys, yaml
+d, layers = sys.argv[1], sys.argv[2]
+if layers != "shipped":
+    mon = yaml.safe_load(open(f"{d}/monitoring.yaml"))
+    mon.setdefault("validation", {})["enabled"] = layers == "validated"
+    yaml.safe_dump(mon, open(f"{d}/monitoring.yaml", "w"))
+    tr = yaml.safe_load(open(f"{d}/trading.yaml"))
+    tr.setdefault("features", {})["enabled"] = False
+    yaml.safe_dump(tr, open(f"{d}/trading.yaml", "w"))
 PY
 book=$(ls "$data"/*incremental_book_L2*.csv.gz | head -1); trades=$(ls "$data"/*trades*.csv.gz | head -1)
 t0=$(date +%s.%N)
