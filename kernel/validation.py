@@ -129,6 +129,9 @@ class Verdict(NamedTuple):
     findings: tuple[DataQuality, ...]
 
 
+_ACCEPT = Verdict(True, ())
+
+
 class _Stream:
     """What the validator remembers of one ``EXCHANGE:SYMBOL``."""
 
@@ -238,6 +241,10 @@ class Validator:
         self._ooo_ns = config.out_of_order_tolerance_ms * _MS
         self._skew_ns = config.max_skew_ms * _MS
         self._future_ns = config.max_future_skew_ms * _MS
+        self._enabled = config.enabled
+        self._stale_ns: dict[str, int] = {}  # stream -> stale_after in ns (cache)
+        # stream -> factor bringing its prices to the common precision
+        self._scale = {k: 10 ** (self._scale_to - d) for k, d in self._decimals.items()}
 
     # -- public API ------------------------------------------------------------------
 
@@ -246,11 +253,11 @@ class Validator:
         not changed); None: the validator's own book, updated when the event is
         accepted. Non-market events only advance the clock (and Connectivity resyncs
         are reported)."""
-        out: list[DataQuality] = []
         if event.ts_recv > self.now:
             self.now = event.ts_recv
-        if not self.config.enabled:
-            return Verdict(True, ())
+        if not self._enabled:
+            return _ACCEPT
+        out: list[DataQuality] = []
         deadline = self._next_deadline
         if deadline is not None and self.now > deadline:
             self._scan_stale(out)
@@ -283,11 +290,15 @@ class Validator:
                 st.last_ts[channel] = event.ts_event
         st.last_recv = event.ts_recv
         st.stale = False
-        after = self._stale_after(key)
+        after = self._stale_ns.get(key)
+        if after is None:
+            after = self._stale_ns[key] = self._stale_after(key)
         if after:
             d = event.ts_recv + after
             if self._next_deadline is None or d < self._next_deadline:
                 self._next_deadline = d
+        if accept and not out:
+            return _ACCEPT
         return Verdict(accept, tuple(out))
 
     def mid_x2(self, exchange: str, symbol: str) -> int | None:
@@ -457,22 +468,22 @@ class Validator:
     def _cross_venue(
         self, ev: MarketEvent, key: str, st: _Stream, mid_x2: int, out: list[DataQuality]
     ) -> bool:
-        decimals = self._decimals.get(key)
+        scale = self._scale.get(key)
         keys = self._by_symbol.get(ev.symbol, ())
-        if decimals is None or len(keys) < 2:
+        if scale is None or len(keys) < 2:
             return True
         band = self.config.cross_venue_band_bp
-        mid = mid_x2 * 10 ** (self._scale_to - decimals)
+        mid = mid_x2 * scale
         reject = self.config.reject_cross_venue
         accept = True
         for other_key in keys:
             if other_key == key:
                 continue
             other = self._streams[other_key]
-            other_dec = self._decimals.get(other_key)
-            if not other.mid_x2 or other.stale or other_dec is None:
+            other_scale = self._scale.get(other_key)
+            if not other.mid_x2 or other.stale or other_scale is None:
                 continue
-            other_mid = other.mid_x2 * 10 ** (self._scale_to - other_dec)
+            other_mid = other.mid_x2 * other_scale
             other_ex = other_key.split(":", 1)[0]
             if abs(mid - other_mid) * 10_000 <= band * other_mid:
                 st.diverging.discard(other_ex)
