@@ -235,6 +235,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 session_id=args.session_id,
                 progress=lambda n: update(n),
             )
+        if args.report:
+            from journal_tools.report import session_report
+
+            Path(args.report).write_text(session_report(journal, stats.session_id))
     if args.stats_json:
         Path(args.stats_json).write_bytes(msgspec.json.encode(stats))
     table = Table(title=f"replay session {stats.session_id}")
@@ -804,6 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--journal", help="journal DSN")
     sp.add_argument("--stats-json", help="write run statistics to this JSON file")
+    sp.add_argument("--report", metavar="FILE", help="write an HTML report of the session")
     sp.add_argument("--session", help="with --verify: the session to re-derive")
     sp.add_argument("--session-id", help="id for the new session (default: time + random)")
     sp.add_argument("--verify", action="store_true", help="re-derive a session and compare")

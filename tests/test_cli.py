@@ -242,3 +242,39 @@ def test_halt_and_resume_from_the_cli_in_a_replay(
         o for o in outs if type(o).__name__ == "OrderCancelled" and o.reason == "halt: drill"
     ]
     assert cancels  # the quotes that were resting
+
+
+def test_replay_writes_an_html_report(market: tuple[Path, str]) -> None:
+    """The report's equity chart ends at the last PortfolioSnapshot's equity and the fills
+    table counts every Fill of the session, read independently from the journal."""
+    import re
+    import shutil
+
+    from adapters.journal.base import session_stream
+    from adapters.journal.sqlite import SqliteJournal
+    from kernel.events import Fill, PortfolioSnapshot
+
+    work, dsn = market
+    cfg = work / "cfg-report"
+    shutil.copytree(ROOT / "config", cfg, dirs_exist_ok=True)
+    trading = (cfg / "trading.yaml").read_text()
+    (cfg / "trading.yaml").write_text(
+        trading.replace("snapshot_interval_ms: 60000", "snapshot_interval_ms: 5000")
+    )
+    report = work / "report.html"
+    out = work / "stats-report.json"
+    argv = ["--config-dir", str(cfg), "replay", "--journal", dsn, "--strategy", "market_maker"]
+    assert main([*argv, "--report", str(report), "--stats-json", str(out), "-q"]) == 0
+    stats = json.loads(out.read_text())
+    page = report.read_text()
+    journal = SqliteJournal(Path(dsn.removeprefix("sqlite:///")))
+    rows = [decode(r.payload) for r in journal.read(session_stream(str(stats["session_id"])))]
+    journal.close()
+    snaps = [e for e in rows if isinstance(e, PortfolioSnapshot)]
+    fills = [e for e in rows if isinstance(e, Fill)]
+    assert len(fills) == stats["fills"] > 0 and len(snaps) >= 2
+    m = re.search(r'data-title="equity \(quote\)" data-points="(\d+)" data-last="([^"]+)"', page)
+    assert m is not None
+    assert (int(m.group(1)), float(m.group(2))) == (len(snaps), snaps[-1].equity / 1e8)
+    assert f"of {len(fills)})" in page and str(stats["state_hash"]) in page
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
