@@ -257,6 +257,8 @@ class Validator:
             self.now = event.ts_recv
         if not self._enabled:
             return _ACCEPT
+        if type(event) is BookDelta and self._clean_delta(event, book):
+            return _ACCEPT
         out: list[DataQuality] = []
         deadline = self._next_deadline
         if deadline is not None and self.now > deadline:
@@ -300,6 +302,77 @@ class Validator:
         if accept and not out:
             return _ACCEPT
         return Verdict(accept, tuple(out))
+
+    def _clean_delta(self, ev: BookDelta, book: L2Book | None) -> bool:
+        """The common case of a book delta, checked without the general machinery: no
+        staleness scan due, an existing single-venue stream, timestamps in order and
+        within the skew bounds, valid levels, an uncrossed book after it, a mid within
+        the band. If all of it holds, apply its effects and return True (accepted, no
+        finding: exactly what the general path would do); else change nothing and return
+        False, and the general path (which reports what is wrong) takes the event."""
+        deadline = self._next_deadline
+        if deadline is not None and self.now > deadline:
+            return False
+        key = f"{ev.exchange}:{ev.symbol}"
+        st = self._streams.get(key)
+        if st is None or st.skewed or len(self._by_symbol[ev.symbol]) > 1:
+            return False
+        ts = ev.ts_event
+        last = st.last_ts.get("book")
+        if last is not None and last - ts > self._ooo_ns:
+            return False
+        skew = ev.ts_recv - ts
+        if skew > self._skew_ns or -skew > self._future_ns:
+            return False
+        tick, lot = self._steps.get(key, (1, 1))
+        new_bid: int | None = None
+        for price, size in ev.bids:
+            if size < 0 or price <= 0 or price % tick or size % lot:
+                return False
+            if size and (new_bid is None or price > new_bid):
+                new_bid = price
+        new_ask: int | None = None
+        for price, size in ev.asks:
+            if size < 0 or price <= 0 or price % tick or size % lot:
+                return False
+            if size and (new_ask is None or price < new_ask):
+                new_ask = price
+        own = book is None and self._own_books
+        if book is None:
+            book = st.book
+            if book is None:
+                return False
+        best_bid = _best_after(book.bids, ev.bids, new_bid) if ev.bids else book.bids.best()
+        best_ask = _best_after(book.asks, ev.asks, new_ask) if ev.asks else book.asks.best()
+        mid_x2 = 0
+        if best_bid is not None and best_ask is not None:
+            if best_bid >= best_ask:
+                return False
+            mid_x2 = best_bid + best_ask
+            ref = st.mid_x2
+            if (
+                mid_x2 != ref
+                and ref > 0
+                and abs(mid_x2 - ref) * 10_000 > self.config.price_band_bp * ref
+            ):
+                return False
+        if own:
+            book.apply_delta(ev.bids, ev.asks, ts)
+            book.seq = ev.seq
+        if mid_x2:
+            st.mid_x2 = mid_x2
+        if last is None or ts > last:
+            st.last_ts["book"] = ts
+        st.last_recv = ev.ts_recv
+        st.stale = False
+        after = self._stale_ns.get(key)
+        if after is None:
+            after = self._stale_ns[key] = self._stale_after(key)
+        if after:
+            d = ev.ts_recv + after
+            if deadline is None or d < deadline:
+                self._next_deadline = d
+        return True
 
     def mid_x2(self, exchange: str, symbol: str) -> int | None:
         """The stream's last accepted mid x2 (price units), None if none."""
