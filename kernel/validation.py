@@ -257,7 +257,10 @@ class Validator:
             self.now = event.ts_recv
         if not self._enabled:
             return _ACCEPT
-        if type(event) is BookDelta and self._clean_delta(event, book):
+        cls = type(event)
+        if cls is BookDelta and self._clean_delta(event, book):  # type: ignore[arg-type]
+            return _ACCEPT
+        if cls is Trade and self._clean_trade(event):  # type: ignore[arg-type]
             return _ACCEPT
         out: list[DataQuality] = []
         deadline = self._next_deadline
@@ -363,6 +366,52 @@ class Validator:
             st.mid_x2 = mid_x2
         if last is None or ts > last:
             st.last_ts["book"] = ts
+        st.last_recv = ev.ts_recv
+        st.stale = False
+        after = self._stale_ns.get(key)
+        if after is None:
+            after = self._stale_ns[key] = self._stale_after(key)
+        if after:
+            d = ev.ts_recv + after
+            if deadline is None or d < deadline:
+                self._next_deadline = d
+        return True
+
+    def _clean_trade(self, ev: Trade) -> bool:
+        """As :meth:`_clean_delta`, for a trade: positive size and price, a new trade id,
+        in order and within the skew bounds, within the band."""
+        deadline = self._next_deadline
+        if deadline is not None and self.now > deadline:
+            return False
+        key = f"{ev.exchange}:{ev.symbol}"
+        st = self._streams.get(key)
+        if st is None or st.skewed:
+            return False
+        ts = ev.ts_event
+        last = st.last_ts.get("trade")
+        if last is not None and last - ts > self._ooo_ns:
+            return False
+        skew = ev.ts_recv - ts
+        if skew > self._skew_ns or -skew > self._future_ns:
+            return False
+        price = ev.price
+        tid = ev.trade_id
+        if ev.size <= 0 or price <= 0 or (tid and tid in st.trade_seen):
+            return False
+        ref = st.mid_x2 or 2 * st.last_trade_price
+        p2 = 2 * price
+        if ref > 0 and abs(p2 - ref) * 10_000 > self.config.price_band_bp * ref:
+            return False
+        st.last_trade_price = price
+        window = self.config.duplicate_trade_window
+        if tid and window:
+            st.trade_seen[tid] = ts
+            ids = st.trade_ids
+            ids.append(tid)
+            if len(ids) > window:
+                del st.trade_seen[ids.popleft()]
+        if last is None or ts > last:
+            st.last_ts["trade"] = ts
         st.last_recv = ev.ts_recv
         st.stale = False
         after = self._stale_ns.get(key)

@@ -281,10 +281,11 @@ def test_recording_through_the_kernel_with_a_crossed_update(
 def test_the_delta_fast_path_changes_nothing(
     binance: tuple[list[Instrument], list[Event]], kraken: tuple[list[Instrument], list[Event]]
 ) -> None:
-    """Validator._clean_delta (the common case of a delta, checked inline) against the
-    general path alone, on both recordings with faults injected every 997th event (a
-    crossed level, a negative size, a 10x mid, a 400 ms step back): every verdict and
-    the final state are identical."""
+    """Validator._clean_delta / _clean_trade (the common cases, checked inline) against
+    the general path alone, on both recordings with faults injected: every 997th event
+    a crossed level, a negative size, a 10x mid or a 400 ms step back; every 991st a
+    repeated trade id, a 10x print or a zero size. Every verdict and the final state
+    are identical."""
     for instruments, events in (binance, kraken):
         faulted: list[Event] = []
         for i, ev in enumerate(events):
@@ -303,9 +304,18 @@ def test_the_delta_fast_path_changes_nothing(
                 else:
                     bad = msgspec.structs.replace(ev, ts_event=ev.ts_event - 400_000_000)
                 faulted.append(bad)
+            if isinstance(ev, Trade) and i % 991 == 0:
+                kind = (i // 991) % 3
+                if kind == 0:
+                    faulted.append(ev)  # the same trade id again
+                elif kind == 1:
+                    faulted.append(msgspec.structs.replace(ev, trade_id="", price=ev.price * 10))
+                else:
+                    faulted.append(msgspec.structs.replace(ev, trade_id="", size=0))
         fast = Validator(ValidationConfig(enabled=True), instruments)
         slow = Validator(ValidationConfig(enabled=True), instruments)
         slow._clean_delta = lambda ev, book: False  # type: ignore[method-assign]
+        slow._clean_trade = lambda ev: False  # type: ignore[method-assign]
         for ev in faulted:
             assert fast.check(ev) == slow.check(ev)
         assert fast.snapshot() == slow.snapshot()
