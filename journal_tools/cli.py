@@ -958,6 +958,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_trajectories_command(add)
 
+    from journal_tools.readiness import add_readiness_command
+
+    add_readiness_command(add)
+
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
     sp = ksub.add_parser(
