@@ -80,6 +80,10 @@ the paper trader's books took the fill (the venue time is ``ts_event``).
       (in stream order) and ``last / first - 1``. The first is usually the first fill,
       so this is "buy and hold from our first trade"; the kernel journals no mid before.
     * ``fills``; ``fees``, ``impact``, ``funding``, ``slippage``: the replayed totals.
+
+``arbitrage_opportunities`` (one row per opportunity of the arbitrage strategy)
+    Defined in :mod:`journal_tools.arbitrage_view` (legs, sizes, bp, expected vs realised
+    P&L, legs status).
 """
 
 from __future__ import annotations
@@ -99,6 +103,12 @@ from adapters.journal.base import (
     ReadModelType,
     ReadModelValue,
     session_stream,
+)
+from journal_tools.arbitrage_view import (
+    ARBITRAGE_COLUMNS,
+    ARBITRAGE_OPPORTUNITIES,
+    ArbitrageOpportunityRow,
+    arbitrage_opportunities,
 )
 from kernel import metrics
 from kernel.config import AppConfig
@@ -124,7 +134,13 @@ PORTFOLIO_STATE = "portfolio_state"
 TRADE_HISTORY = "trade_history"
 TRADE_DECISIONS = "trade_decisions"
 PERFORMANCE_METRICS = "performance_metrics"
-TABLES: tuple[str, ...] = (PORTFOLIO_STATE, TRADE_HISTORY, TRADE_DECISIONS, PERFORMANCE_METRICS)
+TABLES: tuple[str, ...] = (
+    PORTFOLIO_STATE,
+    TRADE_HISTORY,
+    TRADE_DECISIONS,
+    PERFORMANCE_METRICS,
+    ARBITRAGE_OPPORTUNITIES,  # journal_tools/arbitrage_view.py
+)
 """Every read model this module builds, in the order they are built and listed."""
 
 
@@ -213,7 +229,13 @@ class PerformanceMetricsRow(msgspec.Struct, frozen=True):
     slippage: int
 
 
-Row = PortfolioStateRow | TradeHistoryRow | TradeDecisionRow | PerformanceMetricsRow
+Row = (
+    PortfolioStateRow
+    | TradeHistoryRow
+    | TradeDecisionRow
+    | PerformanceMetricsRow
+    | ArbitrageOpportunityRow
+)
 
 Unit = Literal["text", "count", "ns", "duration", "money", "price", "size", "ratio", "json"]
 """How a column is rendered by ``--show`` (stored values are ints, floats or text)."""
@@ -298,6 +320,7 @@ SCHEMAS: dict[str, tuple[ColumnSpec, ...]] = {
         ("funding", "int", "money"),
         ("slippage", "int", "money"),
     ),
+    ARBITRAGE_OPPORTUNITIES: _spec(*ARBITRAGE_COLUMNS),
 }
 """Each read model's stored columns (after the implicit ``session_id``)."""
 
@@ -306,6 +329,7 @@ ROW_TYPES: dict[str, type[Row]] = {
     TRADE_HISTORY: TradeHistoryRow,
     TRADE_DECISIONS: TradeDecisionRow,
     PERFORMANCE_METRICS: PerformanceMetricsRow,
+    ARBITRAGE_OPPORTUNITIES: ArbitrageOpportunityRow,
 }
 
 
@@ -781,6 +805,7 @@ def project_session(session: SessionEvents) -> Projection:
         TRADE_HISTORY: list(trips),
         TRADE_DECISIONS: list(trade_decisions(session)),
         PERFORMANCE_METRICS: [_performance(session, replay, trips)],
+        ARBITRAGE_OPPORTUNITIES: list(arbitrage_opportunities(session)),
     }
     return Projection(session.session_id, tables, replay.warnings + trip_warnings)
 
@@ -848,6 +873,8 @@ def _row_instrument(
         key = str(row.get("instrument"))
     elif table == TRADE_DECISIONS:
         key = f"{row.get('exchange')}:{row.get('symbol')}"
+    elif table == ARBITRAGE_OPPORTUNITIES:
+        key = f"{row.get('buy_exchange')}:{row.get('symbol')}"
     else:
         return None
     return registry.by_key(key) if key in registry else None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from kernel.book import L2Book
+from kernel.config import LatencyProfile
 from kernel.events import Event, MarketEvent, OrderType, Side, TimeInForce, Trade
 from kernel.instruments import Instrument
 from kernel.portfolio import Portfolio
@@ -77,6 +78,10 @@ class StrategyContext:
         Switched on by the first call (ask in ``on_start`` to count every trade); read
         it, never feed it: the engine adds each trade before ``on_market`` sees it."""
         return self._engine.trade_windows()
+
+    def latency_profile(self, exchange: str) -> LatencyProfile:
+        """The venue's configured order latency profile (entry and response, ms)."""
+        return self._engine.venue.latency_profile(exchange)
 
     def use_features(self) -> None:
         """Switch the microstructure features on (kernel/features; ask in ``on_start``

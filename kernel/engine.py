@@ -942,7 +942,7 @@ class Engine:
         self.rows_in += len(bids) + len(asks)
         fs = self._features
         if fs is not None:
-            samples = fs.due(ev)
+            samples = fs.due(ev, key)
             if samples:
                 self._emit_samples(samples)
         try:
@@ -1012,7 +1012,7 @@ class Engine:
         self.last_trades[key] = ev
         fs = self._features
         if fs is not None:
-            samples = fs.due(ev)
+            samples = fs.due(ev, key)
             if samples:
                 self._emit_samples(samples)
             fs.update(ev)

@@ -255,6 +255,10 @@ class Venue:
 
     # -- latency ---------------------------------------------------------------------
 
+    def latency_profile(self, exchange: str) -> LatencyProfile:
+        """The configured latency profile of a venue (the default one if none)."""
+        return self._latency_cfg.get(exchange) or LatencyProfile()
+
     def latency(self, exchange: str) -> LatencyModel:
         m = self._latency.get(exchange)
         if m is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kernel.config import StrategyConfig
+from strategies.arbitrage import ArbitrageStrategy
 from strategies.base import BaseStrategy, Strategy
 from strategies.imbalance import ImbalanceStrategy
 from strategies.market_maker import MarketMakerStrategy
@@ -14,8 +15,10 @@ STRATEGIES: dict[
     type[ImbalanceStrategy]
     | type[MarketMakerStrategy]
     | type[TakerStrategy]
-    | type[MomentumStrategy],
+    | type[MomentumStrategy]
+    | type[ArbitrageStrategy],
 ] = {
+    "arbitrage": ArbitrageStrategy,
     "imbalance": ImbalanceStrategy,
     "market_maker": MarketMakerStrategy,
     "momentum": MomentumStrategy,
@@ -39,6 +42,7 @@ def build_strategy(config: StrategyConfig) -> Strategy | None:
 
 __all__ = [
     "STRATEGIES",
+    "ArbitrageStrategy",
     "BaseStrategy",
     "ImbalanceStrategy",
     "MarketMakerStrategy",

@@ -69,6 +69,7 @@ from kernel.features.kyle import KyleLambda, KyleLambdaState
 from kernel.features.vpin import Vpin, VpinState
 
 MS = 1_000_000
+_NO_SAMPLES: list[FeatureSample] = []  # shared empty result: never appended to
 SECOND = 1_000_000_000
 
 
@@ -289,26 +290,28 @@ class FeatureSet:
         self.update(event)
         return samples
 
-    def due(self, event: BookSnapshot | BookDelta | Trade) -> list[FeatureSample]:
+    def due(
+        self, event: BookSnapshot | BookDelta | Trade, key: str | None = None
+    ) -> list[FeatureSample]:
         """The first half of :meth:`apply`: moves the instrument's clock to the event and
         returns the sample of the boundary the event crosses (features of everything
         before it), without folding the event in. With shared books the engine calls it
-        before it changes its book, and :meth:`update` once it has."""
-        inst = self._instruments.get(f"{event.exchange}:{event.symbol}")
+        before it changes its book, and :meth:`update` once it has. ``key``: the
+        event's ``EXCHANGE:SYMBOL`` when the caller has it."""
+        inst = self._instruments.get(key or f"{event.exchange}:{event.symbol}")
         if inst is None:
             inst = self._get(event.exchange, event.symbol)
         ts = event.ts_event
         if ts < inst.clock:
             ts = inst.clock
         interval = self.config.sample_interval_ns
-        samples: list[FeatureSample] = []
-        if interval and ts >= inst.next_sample:
-            if inst.next_sample:
-                samples.append(self._sample(inst, inst.next_sample))
-            inst.next_sample = (ts // interval + 1) * interval
         inst.clock = ts
         self._current = inst
-        return samples
+        if interval and ts >= inst.next_sample:
+            samples = [self._sample(inst, inst.next_sample)] if inst.next_sample else _NO_SAMPLES
+            inst.next_sample = (ts // interval + 1) * interval
+            return samples
+        return _NO_SAMPLES
 
     def update(self, event: BookSnapshot | BookDelta | Trade) -> None:
         """The second half of :meth:`apply`: fold the event in at the instrument's clock
