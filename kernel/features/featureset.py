@@ -162,6 +162,11 @@ class FeatureSample(msgspec.Struct, frozen=True, array_like=True):
         return dict(zip(self.names, self.values, strict=True))
 
 
+def _touch(book: L2Book) -> tuple[int, int] | None:
+    bk, ak = book.bids.keys, book.asks.keys
+    return (bk[-1], -ak[-1]) if bk and ak else None
+
+
 def _lookup(table: dict[str, int], exchange: str, symbol: str) -> int | None:
     value = table.get(f"{exchange}:{symbol}")
     return value if value is not None else table.get(exchange)
@@ -183,6 +188,7 @@ class _Instrument:
         "sell_volume",
         "spread",
         "symbol",
+        "top",
         "trades",
         "vpin",
     )
@@ -190,6 +196,9 @@ class _Instrument:
     def __init__(self, config: FeatureConfig, exchange: str, symbol: str) -> None:
         self.key = f"{exchange}:{symbol}"
         self.exchange, self.symbol = exchange, symbol
+        # the touch (best bid, best ask) at the last book change, None when a side was
+        # empty: derived from the book, so a restore sets it from the book again
+        self.top: tuple[int, int] | None = None
         self.book = L2Book(exchange, symbol)
         self.clock = 0
         self.next_sample = 0
@@ -254,6 +263,7 @@ class FeatureSet:
             book = books.get(key)
             if book is not None:
                 inst.book = book
+            inst.top = _touch(inst.book)
 
     def _get(self, exchange: str, symbol: str) -> _Instrument:
         key = f"{exchange}:{symbol}"
@@ -353,19 +363,27 @@ class FeatureSet:
         except BookError:
             inst.rejected += 1
             return
-        mid_x2 = book.mid_x2()
-        if mid_x2 is not None:
-            inst.spread.update(ts, bookf.spread_bp(book))
-            inst.kyle.on_mid(ts, mid_x2)
+        self._on_shared_book(inst, ts)
 
     def _on_shared_book(self, inst: _Instrument, ts: int) -> None:
+        """After a book change: the spread signal and Kyle's mid. A change that leaves
+        the touch where it was inside the same lambda interval changes neither (the
+        spread signal holds its value, which folds the same later; the interval's last
+        mid is the same), so it is skipped: most deltas are away from the touch."""
         book = inst.book
         bk, ak = book.bids.keys, book.asks.keys
-        if bk and ak:
-            bid, ask = bk[-1], -ak[-1]
-            m2 = bid + ask
-            inst.spread.update(ts, 2e4 * (ask - bid) / m2 if m2 else 0.0)
-            inst.kyle.on_mid(ts, m2)
+        if not bk or not ak:
+            inst.top = None
+            return
+        bid, ask = bk[-1], -ak[-1]
+        kyle = inst.kyle
+        cur = kyle.current
+        if inst.top == (bid, ask) and cur is not None and ts < (cur + 1) * kyle.interval_ns:
+            return
+        inst.top = (bid, ask)
+        m2 = bid + ask
+        inst.spread.update(ts, 2e4 * (ask - bid) / m2)
+        kyle.on_mid(ts, m2)
 
     def _on_trade(self, inst: _Instrument, ts: int, trade: Trade) -> None:
         is_buy = trade.side == "buy"
@@ -494,6 +512,7 @@ class FeatureSet:
                 saved.rejected,
             )
             inst.book.apply_snapshot(saved.bids, saved.asks, saved.book_ts)
+            inst.top = _touch(inst.book)
             inst.spread.restore(saved.spread)
             inst.trades.restore(saved.trades)
             inst.buy_volume.restore(saved.buy_volume)
