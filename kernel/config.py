@@ -366,6 +366,18 @@ class ModelConfig(_Config, frozen=True):
     d_model: int = 256
     context_len: int = 64
     quarantine_days: int = 30
+    # training (issue 9); ranges are validated by training/config.py
+    dropout: float = 0.1
+    max_timestep: int = 4096
+    encoder_layers: int = 2
+    encoder_heads: int = 4
+    encoder_d_model: int = 64
+    mask_ratio: float = 0.15
+    gradient_checkpointing: bool = False
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    cuda_memory_fraction: float = 0.9
 
 
 class ValidationConfig(_Config, frozen=True):
