@@ -962,6 +962,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_readiness_command(add)
 
+    from journal_tools.backup import add_backup_commands
+
+    add_backup_commands(add)
+
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
     sp = ksub.add_parser(
