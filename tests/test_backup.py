@@ -121,7 +121,7 @@ def _rewrite(path: Path, change: int) -> Path:
     the digest recomputed, so only the row hash check can catch it."""
     import hashlib
 
-    lines = gzip.open(path, "rb").read().splitlines(keepends=True)
+    lines = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
     row = json.loads(lines[change])
     payload = bytearray(base64.b64decode(row["pl"]))
     payload[-1] ^= 1
@@ -142,7 +142,7 @@ def _rewrite(path: Path, change: int) -> Path:
 def test_corrupted_row_named_and_nothing_written(tmp_path: Path) -> None:
     j, _ = source(tmp_path / "src.db")
     backup(j, tmp_path / "b.jsonl.gz")
-    lines = gzip.open(tmp_path / "b.jsonl.gz", "rb").read().splitlines()
+    lines = gzip.decompress((tmp_path / "b.jsonl.gz").read_bytes()).splitlines()
     row = json.loads(lines[5])
     bad = _rewrite(tmp_path / "b.jsonl.gz", 5)
     target = SqliteJournal(tmp_path / "t.db")
@@ -150,7 +150,7 @@ def test_corrupted_row_named_and_nothing_written(tmp_path: Path) -> None:
         restore(bad, target)
     assert list(target.streams()) == []
     # a flipped byte without recomputing the digest: the digest catches it
-    raw = bytearray(gzip.open(tmp_path / "b.jsonl.gz", "rb").read())
+    raw = bytearray(gzip.decompress((tmp_path / "b.jsonl.gz").read_bytes()))
     raw[200] ^= 1
     (tmp_path / "flip.jsonl.gz").write_bytes(gzip.compress(bytes(raw)))
     with pytest.raises(BackupError, match="digest mismatch"):
