@@ -56,6 +56,7 @@ import msgspec
 import structlog
 import yaml
 
+from adapters.alerts import ALERTS_STREAM, SystemAlerts, build_dispatcher
 from adapters.config_loader import redacted
 from adapters.exchanges import registry
 from adapters.exchanges.base import ExchangeInterface, FeedConfig
@@ -63,6 +64,7 @@ from adapters.exchanges.registry import AdapterNotFound
 from adapters.journal import open_journal
 from adapters.journal.base import (
     Journal,
+    JournalError,
     PreparedEvent,
     ReadModelColumn,
     prepare,
@@ -235,6 +237,7 @@ class LiveKernel:
         self.late = 0
         self.pending: list[Event] = []
         self.checkpoints = 0
+        self.dispatch = build_dispatcher(app.monitoring.alerts, session_id, webhook=True)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -313,6 +316,8 @@ class LiveKernel:
         self.pending = []
         self.since_checkpoint = 0
         self.checkpoints += 1
+        if events:
+            self.dispatch(events)
         if self.producer is not None and events:
             for ev in events:
                 self.producer.produce(ev)
@@ -333,6 +338,7 @@ class LiveKernel:
         )
         self.pending.append(ended)
         self.commit(ended=True)
+        self.dispatch.close()
         return ended
 
     # -- folding -------------------------------------------------------------------------
@@ -560,17 +566,30 @@ def run_live(
     say(f"live session {session_id}: {len(collectors.adapters)} feed(s), journal {live.journal}")
     journaled = 0
     timeout = live.poll_timeout_ms / 1000.0
-    last_report = time.monotonic()
+    last_report = last_lag = time.monotonic()
+    system = SystemAlerts(
+        app.monitoring,
+        lambda alerts: sink_journal.append(ALERTS_STREAM, alerts),
+        time.time_ns,
+    )
     try:
         while not should_stop():
             if collectors.error is not None:
                 raise LiveError(f"collectors failed: {collectors.error!r}")
-            journaled += consume_into_journal(
-                sink, sink_journal, input_stream, timeout=timeout, max_batches=1
-            ).appended
-            batch = kconsumer.poll_batch(2000, timeout)
-            if batch.offsets:
-                kernel.process(batch)
+            try:
+                journaled += consume_into_journal(
+                    sink, sink_journal, input_stream, timeout=timeout, max_batches=1
+                ).appended
+                batch = kconsumer.poll_batch(2000, timeout)
+                if batch.offsets:
+                    kernel.process(batch)
+            except JournalError as exc:
+                system.journal_error(exc)
+                raise
+            if time.monotonic() - last_lag > 1 and kernel.inputs:
+                last_lag = time.monotonic()
+                # how far the kernel's event clock trails the wall clock
+                system.lag((time.time_ns() - kernel.last_ts) / 1e9, "kernel clock vs now")
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
                 say(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import msgspec
 
+from adapters.alerts import build_dispatcher
 from adapters.config_loader import redacted
 from adapters.journal.base import Journal, JournalError, PreparedEvent, prepare, session_stream
 from kernel.config import AppConfig, StrategyConfig, canonical_json, config_hash
@@ -121,6 +122,7 @@ def build_engine(
         trade_windows=trade_windows_config(config.exchanges),
         validation=config.monitoring.validation,
         features=config.trading.features,
+        monitoring=config.monitoring,
     )
 
 
@@ -176,6 +178,9 @@ def run_session(
     journal.append_prepared(stream, _output_ids(stream, ordinal, [started]))
     ordinal += 1
 
+    # alerts are journaled with the outputs; then the sinks get them (no webhook from a
+    # backtest unless webhook_in_replay)
+    dispatch = build_dispatcher(config.monitoring.alerts, session_id, webhook=False)
     pending: list[Event] = list(engine.start())
     decode_payload = decoder().decode
     apply = engine.apply
@@ -190,6 +195,7 @@ def run_session(
         n += len(block)
         if len(pending) >= write_batch:
             journal.append_prepared(stream, _output_ids(stream, ordinal, pending))
+            dispatch(pending)
             ordinal += len(pending)
             pending = []
         if progress is not None:
@@ -198,7 +204,9 @@ def run_session(
     last_ts = engine.now or last_ts
     if pending:
         journal.append_prepared(stream, _output_ids(stream, ordinal, pending))
+        dispatch(pending)
         ordinal += len(pending)
+    dispatch.close()
     state_hash = engine.state_hash()
     ended = SessionEnded(
         ts_event=last_ts,

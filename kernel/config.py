@@ -413,19 +413,72 @@ class ValidationConfig(_Config, frozen=True):
                 raise ValueError(f"stale_after_ms_by_stream.{key}: EXCHANGE:SYMBOL -> ms >= 0")
 
 
+class AlertsConfig(_Config, frozen=True):
+    """config/monitoring.yaml ``alerts``: the kernel's alert rules (kernel/alerts.py
+    documents each rule exactly) and where alerts are delivered.
+
+    Alerts are journaled with the session's outputs whenever ``enabled`` (off by default,
+    the behaviour before the rules existed, so that a session journaled then re-runs
+    unchanged; config/monitoring.yaml switches it on). ``log``: also log each alert;
+    ``webhook_url``: also POST each alert as JSON there (adapters/alerts.py), from live
+    sessions only unless ``webhook_in_replay``."""
+
+    enabled: bool = False
+    cooldown_s: float = 300.0
+    max_per_minute: int = 10
+    drawdown_pct: float = 5.0
+    rearm_pct: float = 1.0
+    risk_limit_fraction: float = 0.8
+    volatility_zscore: float = 6.0
+    volatility_half_life: int = 200
+    volatility_warmup: int = 50
+    min_confidence: float = 0.3
+    confidence_span: int = 20
+    toxic_fills: int = 3
+    toxic_window_s: float = 60.0
+    log: bool = True
+    webhook_url: str = ""
+    webhook_in_replay: bool = False
+    webhook_timeout_s: float = 2.0
+    webhook_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.cooldown_s < 0 or self.max_per_minute < 1:
+            raise ValueError("alerts: need cooldown_s >= 0 and max_per_minute >= 1")
+        if not 0 < self.drawdown_pct < 100 or self.rearm_pct < 0:
+            raise ValueError("alerts: need 0 < drawdown_pct < 100 and rearm_pct >= 0")
+        if not 0 < self.risk_limit_fraction <= 1:
+            raise ValueError("alerts.risk_limit_fraction must be in (0, 1]")
+        if self.volatility_zscore <= 0 or self.volatility_half_life < 1:
+            raise ValueError("alerts: need volatility_zscore > 0, volatility_half_life >= 1")
+        if self.volatility_warmup < 2 or self.confidence_span < 1:
+            raise ValueError("alerts: need volatility_warmup >= 2 and confidence_span >= 1")
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError("alerts.min_confidence must be in [0, 1]")
+        if self.toxic_fills < 1 or self.toxic_window_s <= 0:
+            raise ValueError("alerts: need toxic_fills >= 1 and toxic_window_s > 0")
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError(f"alerts.webhook_url must be http(s)://, got {self.webhook_url!r}")
+        if self.webhook_timeout_s <= 0 or self.webhook_retries < 0:
+            raise ValueError("alerts: need webhook_timeout_s > 0 and webhook_retries >= 0")
+
+
 class MonitoringConfig(_Config, frozen=True):
     """config/monitoring.yaml: alert thresholds.
 
     ``funding_rate_alert``: an ``Alert`` (rule ``funding_rate_high``) when a perp's
     |funding rate| is strictly above it, at most once per instrument per funding cycle
     (kernel/funding.py). A fraction as decimal text: ``"0.001"`` is 0.1 %; exact at RATE
-    precision (1e-10). ``validation``: the market-data rules (kernel/validation.py)."""
+    precision (1e-10). ``validation``: the market-data rules (kernel/validation.py).
+    ``alerts``: the alert rules (kernel/alerts.py); ``spread_zscore_alert`` and
+    ``funding_rate_alert`` are their spread and funding thresholds."""
 
     log_format: str = "auto"
     spread_zscore_alert: float = 4.0
     consumer_lag_alert_s: float = 5.0
     funding_rate_alert: str = "0.001"
     validation: ValidationConfig = msgspec.field(default_factory=ValidationConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
 
     def __post_init__(self) -> None:
         try:

@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import msgspec
 import numpy as np
 
+from kernel.alerts import AlertEngine
 from kernel.book import BookError, L2Book
 from kernel.config import (
     EngineConfig,
     FeaturesConfig,
     LatencyProfile,
+    MonitoringConfig,
     RiskLimitsConfig,
     ValidationConfig,
 )
@@ -35,6 +37,7 @@ from kernel.events import (
     BookDelta,
     BookSnapshot,
     CancelRequested,
+    Connectivity,
     DataQuality,
     Decision,
     Event,
@@ -159,6 +162,13 @@ class EngineStateWithFeatures(EngineStateValidated, frozen=True, array_like=True
     features: bytes = b""
 
 
+class EngineStateWithAlerts(EngineStateWithFeatures, frozen=True, array_like=True):
+    """:class:`EngineStateWithFeatures` plus the alert engine's state (kernel/alerts.py,
+    :meth:`AlertEngine.snapshot`), written only when alerts are on."""
+
+    alerts: bytes = b""
+
+
 class Engine:
     """``Engine(config, instruments, strategy, seed)``; feed it with :meth:`apply`."""
 
@@ -174,6 +184,7 @@ class Engine:
         trade_windows: TradeWindowsConfig | None = None,
         validation: ValidationConfig | None = None,
         features: FeaturesConfig | None = None,
+        monitoring: MonitoringConfig | None = None,
     ) -> None:
         self.config = config
         self.instruments = (
@@ -272,6 +283,19 @@ class Engine:
             self._venues.setdefault(inst.symbol, []).append(inst)
         if self._features_cfg.enabled:
             self.features_on()
+        # alerts (kernel/alerts.py) over the kernel's inputs and outputs: journaled with
+        # the outputs, so a replay makes the same ones
+        self.alerts = (
+            AlertEngine(
+                monitoring.alerts,
+                self.portfolio.initial_cash,
+                risk.drawdown_half_size_pct if risk is not None and risk.enabled else None,
+                monitoring.spread_zscore_alert,
+                monitoring.funding_rate_alert_units,
+            )
+            if monitoring is not None and monitoring.alerts.enabled
+            else None
+        )
         self._started = False
 
     # -- public API ------------------------------------------------------------------
@@ -304,6 +328,8 @@ class Engine:
         validator = self.validator
         if validator is not None and not self._validate(validator, event):
             handler = None
+        elif self.alerts is not None and type(event) in _ALERT_INPUTS:
+            self._out.extend(self.alerts.scan([event], self.now))
         if handler is not None:
             handler(event)
         if self._due_now:
@@ -1137,6 +1163,8 @@ class Engine:
                 )
             )
             self._refused = 0
+        if self.alerts is not None and out:
+            out.extend(self.alerts.scan(out, self.now))
         self._out = []
         self.outputs += len(out)
         return tuple(out)
@@ -1163,6 +1191,11 @@ class Engine:
             extra["trade_windows"] = extra.get("trade_windows", b"")
             extra["validator"] = extra.get("validator", b"")
             extra["features"] = self._features.snapshot()
+        if self.alerts is not None:
+            cls = EngineStateWithAlerts
+            for name in ("trade_windows", "validator", "features"):
+                extra[name] = extra.get(name, b"")
+            extra["alerts"] = self.alerts.snapshot()
         return cls(
             version=STATE_VERSION,
             now=self.now,
@@ -1202,7 +1235,7 @@ class Engine:
         return hashlib.blake2b(self.snapshot(), digest_size=32).hexdigest()
 
     def restore(self, snapshot: bytes) -> None:
-        st = msgspec.msgpack.decode(snapshot, type=EngineStateWithFeatures)
+        st = msgspec.msgpack.decode(snapshot, type=EngineStateWithAlerts)
         if st.version != STATE_VERSION:
             raise ValueError(f"snapshot version {st.version} != engine version {STATE_VERSION}")
         self.now = st.now
@@ -1256,6 +1289,10 @@ class Engine:
             self.features_on().restore_bytes(st.features)
         elif self._features is not None:
             self._features = FeatureSet(self._features.config, books=self.books)
+        if self.alerts is not None:
+            if not st.alerts:
+                raise ValueError("snapshot has no alert state but alerts are on")
+            self.alerts.restore(st.alerts)
 
         if self.risk is not None:
             self._revalue_held()
@@ -1265,6 +1302,9 @@ class Engine:
         self.venue.halted = self.halted
         self._active = self.venue.active
         self._started = True
+
+
+_ALERT_INPUTS = frozenset({FundingRate, Connectivity, Halt, Resume})
 
 
 def _ignore(event: Event) -> None:
