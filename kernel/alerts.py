@@ -1,12 +1,12 @@
 """Alerts: rules over what the kernel sees and makes, with deduplication and rate limits.
 
 Pure and deterministic: time is the kernel clock (event time), there is no I/O. The
-engine feeds :class:`AlertEngine` its inputs that matter (funding rates, connectivity,
-halts) and its own outputs (portfolio snapshots, features, decisions, toxic fills, risk
-events); the alerts it returns are journaled in the session stream with the rest, so a
-replay makes exactly the same alerts (``tickerml replay --verify`` checks them) and an
-auditor finds them beside the decisions. Delivery to a log or a webhook is the runner's
-business (adapters/alerts.py); the journal is the record.
+engine feeds :class:`AlertEngine` its inputs that matter (connectivity, halts) and its
+own outputs (portfolio snapshots, features, decisions, toxic fills, risk events); the
+alerts it returns are journaled in the session stream with the rest, so a replay makes
+exactly the same alerts (``tickerml replay --verify`` checks them) and an auditor finds
+them beside the decisions. Delivery to a log or a webhook is the runner's business
+(adapters/alerts.py); the journal is the record.
 
 Rules (thresholds from ``config/monitoring.yaml``; each names its subject and values):
 
@@ -31,8 +31,8 @@ Rules (thresholds from ``config/monitoring.yaml``; each names its subject and va
   at ``min_confidence + 0.05``.
 * ``toxic_fills`` (warning): ``toxic_fills`` ``FillToxic`` events within
   ``toxic_window_s``; re-arms when the window holds fewer than half of them.
-* ``funding_rate_high`` (warning): ``|rate| >`` ``funding_rate_alert`` for a perp,
-  once per instrument per funding cycle (the rate's next funding time).
+* ``funding_rate_high`` is raised by the funding tracker (kernel/funding.py: once per
+  perp per funding cycle), not here, so that it is never raised twice.
 * ``disconnect`` (warning): ``Connectivity`` down for an exchange-symbol; re-arms when
   it is up again.
 
@@ -59,13 +59,12 @@ from kernel.events import (
     Event,
     Features,
     FillToxic,
-    FundingRate,
     Halt,
     PortfolioSnapshot,
     Resume,
     RiskEvent,
 )
-from kernel.fixedpoint import MONEY_DECIMALS, RATE_DECIMALS
+from kernel.fixedpoint import MONEY_DECIMALS
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -139,11 +138,11 @@ class AlertGate:
 
 
 class AlertEngine:
-    """``AlertEngine(config, initial_cash, breaker_pct, spread_z, funding_rate)``.
+    """``AlertEngine(config, initial_cash, breaker_pct, spread_z)``.
 
     ``initial_cash`` in MONEY units; ``breaker_pct`` the first drawdown breaker (None:
     no risk layer, rule ``risk_limit_approached`` off); ``spread_z`` the spread z-score
-    threshold; ``funding_rate`` the |funding rate| threshold in RATE units."""
+    threshold."""
 
     def __init__(
         self,
@@ -151,14 +150,12 @@ class AlertEngine:
         initial_cash: int,
         breaker_pct: float | None,
         spread_z: float,
-        funding_rate: int,
     ) -> None:
         self.cfg = config
         self.gate = AlertGate(config.cooldown_s, config.max_per_minute)
         self.initial_cash = initial_cash
         self.breaker_pct = breaker_pct
         self.spread_z = spread_z
-        self.funding_rate = funding_rate
         self.peak = initial_cash
         self.conf_mean = 0.0
         self.conf_n = 0
@@ -191,8 +188,6 @@ class AlertEngine:
                 self._raise("halt", now, "critical", "halt", f"kill switch: {reason}")
             elif t is Resume:
                 self.gate.clear("halt")
-            elif t is FundingRate:
-                self._funding(ev, now)  # type: ignore[arg-type]
             elif t is Connectivity:
                 self._connectivity(ev, now)  # type: ignore[arg-type]
         if self.toxic:
@@ -364,19 +359,6 @@ class AlertEngine:
             "circuit_breaker",
             f"drawdown breaker -> {ev.level}: {ev.detail}",
         )
-
-    def _funding(self, ev: FundingRate, now: int) -> None:
-        subject = f"{ev.exchange}:{ev.symbol}"
-        if abs(ev.rate) > self.funding_rate:
-            self._raise(
-                f"funding_rate_high:{subject}:{ev.next_funding_ts}",
-                now,
-                "warning",
-                "funding_rate_high",
-                f"{subject} funding rate {ev.rate / 10**RATE_DECIMALS:.6%} beyond "
-                f"+/-{self.funding_rate / 10**RATE_DECIMALS:.4%} (next funding "
-                f"{ev.next_funding_ts})",
-            )
 
     def _connectivity(self, ev: Connectivity, now: int) -> None:
         subject = f"{ev.exchange}:{ev.symbol}"

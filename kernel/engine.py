@@ -291,7 +291,6 @@ class Engine:
                 self.portfolio.initial_cash,
                 risk.drawdown_half_size_pct if risk is not None and risk.enabled else None,
                 monitoring.spread_zscore_alert,
-                monitoring.funding_rate_alert_units,
             )
             if monitoring is not None and monitoring.alerts.enabled
             else None
@@ -1304,7 +1303,7 @@ class Engine:
         self._started = True
 
 
-_ALERT_INPUTS = frozenset({FundingRate, Connectivity, Halt, Resume})
+_ALERT_INPUTS = frozenset({Connectivity, Halt, Resume})
 
 
 def _ignore(event: Event) -> None:
