@@ -6,7 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: venv demo test lint typecheck bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +17,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The dashboard's browser tests drive Debian's chromium package (no browser download);
+# installed here when missing and possible (root with apt-get), else those tests skip.
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (apt-get) for the dashboard browser tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } || \
+	    echo "note: could not install chromium: the browser tests will skip"; \
+	  else echo "note: $(CHROMIUM) missing and not installable here: browser tests skip"; fi; }
 
 demo: $(STAMP)
 	$(BIN)/tickerml demo
@@ -26,7 +41,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy kernel adapters strategies journal_tools training
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) browser lint typecheck
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -966,6 +966,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_backup_commands(add)
 
+    from journal_tools.dashboard import add_dashboard_command
+
+    add_dashboard_command(add)
+
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
     sp = ksub.add_parser(

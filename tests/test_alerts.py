@@ -6,6 +6,7 @@ and retries) and the runner's system alerts on an injected clock."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -376,7 +377,7 @@ def test_scripted_drawdown_crossing_the_threshold_many_times_is_one_alert() -> N
     for s in snaps:
         peak = max(peak, s.equity)
         dds.append((peak - s.equity) * 100 / peak)
-    crossings = sum(1 for a, b in zip(dds, dds[1:], strict=False) if a < 5 <= b)
+    crossings = sum(1 for a, b in itertools.pairwise(dds) if a < 5 <= b)
     assert crossings >= 10  # a storm, without deduplication
     assert all(d > 4 for d in dds[dds.index(next(d for d in dds if d >= 5)) :])  # no re-arm
     assert [a.rule for a in alerts] == ["drawdown"]
@@ -540,9 +541,8 @@ def test_system_alerts_for_lag_and_journal_errors_on_an_injected_clock() -> None
     sys_alerts = SystemAlerts(mon, written.extend, lambda: clock[0])
     assert sys_alerts.lag(4.9) is None
     first = sys_alerts.lag(6.0, "kernel clock vs now")
-    assert first is not None and first.message == (
-        "consumer lag 6.0 s > 5 s (kernel clock vs now)"
-    )
+    assert first is not None
+    assert first.message == "consumer lag 6.0 s > 5 s (kernel clock vs now)"
     clock[0] += 1 * S
     assert sys_alerts.lag(9.0) is None  # the same episode
     assert sys_alerts.lag(2.4) is None  # under half: re-armed
