@@ -146,10 +146,11 @@ class AlertDispatcher:
 def build_dispatcher(
     config: AlertsConfig, session_id: str, *, webhook: bool = True
 ) -> AlertDispatcher:
-    """The sinks ``config`` asks for (``webhook=False``: no webhook, as in a backtest,
-    unless asked for with ``webhook_in_replay``)."""
+    """The sinks ``config`` asks for. ``webhook=False`` is a backtest: no log and no
+    webhook unless asked for with ``log_in_replay`` / ``webhook_in_replay`` (the alerts are
+    in the journal either way)."""
     sinks: list[AlertSink] = []
-    if config.enabled and config.log:
+    if config.enabled and config.log and (webhook or config.log_in_replay):
         sinks.append(LogSink())
     if config.enabled and config.webhook_url and (webhook or config.webhook_in_replay):
         sinks.append(

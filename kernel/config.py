@@ -419,7 +419,8 @@ class AlertsConfig(_Config, frozen=True):
 
     Alerts are journaled with the session's outputs whenever ``enabled`` (off by default,
     the behaviour before the rules existed, so that a session journaled then re-runs
-    unchanged; config/monitoring.yaml switches it on). ``log``: also log each alert;
+    unchanged; config/monitoring.yaml switches it on). ``log``: also log each alert (from
+    live sessions; from backtests too with ``log_in_replay``);
     ``webhook_url``: also POST each alert as JSON there (adapters/alerts.py), from live
     sessions only unless ``webhook_in_replay``."""
 
@@ -437,6 +438,7 @@ class AlertsConfig(_Config, frozen=True):
     toxic_fills: int = 3
     toxic_window_s: float = 60.0
     log: bool = True
+    log_in_replay: bool = False
     webhook_url: str = ""
     webhook_in_replay: bool = False
     webhook_timeout_s: float = 2.0

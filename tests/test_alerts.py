@@ -423,7 +423,7 @@ def test_alerts_off_keep_the_state_of_before() -> None:
 def test_replay_journals_alerts_and_verifies() -> None:
     config = AppConfig(
         instruments=InstrumentsConfig(instruments=(BTC,)),
-        monitoring=MonitoringConfig(alerts=ON),
+        monitoring=MonitoringConfig(alerts=AlertsConfig(enabled=True, log_in_replay=True)),
     )
     journal = MemoryJournal()
     t = T0
@@ -523,14 +523,18 @@ def test_dispatcher_sinks_follow_the_config(hook: Any) -> None:
     live = build_dispatcher(AlertsConfig(enabled=True, webhook_url=url), "s")
     assert [type(s) for s in live.sinks] == [LogSink, WebhookSink]
     replay = build_dispatcher(AlertsConfig(enabled=True, webhook_url=url), "s", webhook=False)
-    assert [type(s) for s in replay.sinks] == [LogSink]
+    assert replay.sinks == []  # a backtest: the journal only
+    logged = build_dispatcher(
+        AlertsConfig(enabled=True, webhook_url=url, log_in_replay=True), "s", webhook=False
+    )
+    assert [type(s) for s in logged.sinks] == [LogSink]
     both = build_dispatcher(
         AlertsConfig(enabled=True, webhook_url=url, webhook_in_replay=True, log=False),
         "s",
         webhook=False,
     )
     assert [type(s) for s in both.sinks] == [WebhookSink]
-    for d in (live, replay, both):
+    for d in (live, replay, logged, both):
         d.close()
 
 
