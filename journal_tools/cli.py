@@ -970,6 +970,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dashboard_command(add)
 
+    from journal_tools.train_cli import add_training_commands
+
+    add_training_commands(add)
+
     kafka = sub.add_parser("kafka", help="Kafka bus administration")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
     sp = ksub.add_parser(

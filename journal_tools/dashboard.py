@@ -80,6 +80,13 @@ _MS = 1_000_000
 _S = 1_000_000_000
 
 
+# a model strategy's own outputs among its Decision inputs (strategies/dt_policy.py
+# OUTPUT_FEATURES), not market features: left out of the feature association
+_MODEL_OUTPUTS = frozenset(
+    {"p_hold", "p_buy", "p_sell", "size", "stop", "return_to_go", "timestep", "position"}
+)
+
+
 class DashboardError(ValueError):
     """A clear reason the dashboard cannot show what was asked."""
 
@@ -531,7 +538,7 @@ class SessionView:
         for d in rows:
             direction = 1.0 if d.action == "buy" else -1.0
             for k, v in d.features:
-                if not k.startswith("attn."):
+                if not k.startswith(("attn.", "vote_")) and k not in _MODEL_OUTPUTS:
                     names.setdefault(k, []).append((v, direction))
         out: list[dict[str, Any]] = []
         for k, pairs in names.items():

@@ -13,7 +13,15 @@ import numpy as np
 
 from kernel.book import L2Book
 from kernel.config import LatencyProfile
-from kernel.events import Event, MarketEvent, OrderType, Side, TimeInForce, Trade
+from kernel.events import (
+    Event,
+    MarketEvent,
+    ModelLoaded,
+    OrderType,
+    Side,
+    TimeInForce,
+    Trade,
+)
 from kernel.instruments import Instrument
 from kernel.portfolio import Portfolio
 from kernel.trades import TradeAggregator
@@ -119,6 +127,36 @@ class StrategyContext:
             features=features,
             confidence=confidence,
             model_id=model_id,
+        )
+
+    def model_loaded(
+        self,
+        model_id: str,
+        weights_hash: str,
+        *,
+        frozen_verified: bool,
+        model_name: str = "",
+        model_version: int = 0,
+        encoder_hash: str = "",
+        weights_sha256: str = "",
+    ) -> None:
+        """Journal a ``ModelLoaded`` at the kernel clock: which model (and weights) the
+        strategy's decisions come from. Call it from ``on_start`` (the engine journals
+        what ``on_start`` emits right after ``SessionStarted``). Not a trading action:
+        it spends none of ``max_decisions_per_event``."""
+        now = self._engine.now
+        self._engine.emit(
+            ModelLoaded(
+                ts_event=now,
+                ts_recv=now,
+                model_id=model_id,
+                weights_hash=weights_hash,
+                frozen_verified=frozen_verified,
+                model_name=model_name,
+                model_version=model_version,
+                encoder_hash=encoder_hash,
+                weights_sha256=weights_sha256,
+            )
         )
 
     def set_timer(self, at_ns: int, name: str) -> None:

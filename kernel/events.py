@@ -430,9 +430,20 @@ class Features(Event, frozen=True, tag="Features"):
 
 
 class ModelLoaded(Event, frozen=True, tag="ModelLoaded"):
+    """A strategy loaded a model (journaled from its ``on_start``, before any input, so
+    ``ts_event`` is the kernel clock then, usually 0). ``model_id`` is what its Decisions
+    carry (``name@vN``); ``weights_hash`` the blake2b-256 of the model's state_dict
+    (training/encoder.py ``weights_hash``); ``frozen_verified``: the weights file matched
+    the registry's sha256 and the frozen encoder matched ``encoder_hash``. The last four
+    fields were added after the first three (defaults: not known)."""
+
     model_id: str
     weights_hash: str
     frozen_verified: bool
+    model_name: str = ""
+    model_version: int = 0
+    encoder_hash: str = ""
+    weights_sha256: str = ""
 
 
 class Alert(Event, frozen=True, tag="Alert"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kernel.config import StrategyConfig
 from strategies.arbitrage import ArbitrageStrategy
 from strategies.base import BaseStrategy, Strategy
+from strategies.dt_policy import DTPolicyStrategy
 from strategies.imbalance import ImbalanceStrategy
 from strategies.market_maker import MarketMakerStrategy
 from strategies.momentum import MomentumStrategy
@@ -16,9 +17,11 @@ STRATEGIES: dict[
     | type[MarketMakerStrategy]
     | type[TakerStrategy]
     | type[MomentumStrategy]
-    | type[ArbitrageStrategy],
+    | type[ArbitrageStrategy]
+    | type[DTPolicyStrategy],
 ] = {
     "arbitrage": ArbitrageStrategy,
+    "dt_policy": DTPolicyStrategy,
     "imbalance": ImbalanceStrategy,
     "market_maker": MarketMakerStrategy,
     "momentum": MomentumStrategy,
@@ -44,6 +47,7 @@ __all__ = [
     "STRATEGIES",
     "ArbitrageStrategy",
     "BaseStrategy",
+    "DTPolicyStrategy",
     "ImbalanceStrategy",
     "MarketMakerStrategy",
     "MomentumStrategy",

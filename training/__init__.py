@@ -1,4 +1,7 @@
-"""Offline RL: trajectory datasets under the 30-day quarantine, validation, models."""
+"""Offline RL: trajectory datasets under the 30-day quarantine, validation, models.
+
+Imports without torch; the torch modules (encoder, decision_transformer, trainer, iql,
+distill) are imported by name."""
 
 # -- data side: quarantine, trajectory dataset, validation (issue 9) --
 from training.dataset import (
@@ -16,6 +19,7 @@ from training.quarantine import (
     check_range_end,
     quarantine_cutoff_ns,
 )
+from training.registry import ModelMeta, ModelRecord, ModelRegistry, RegistryError
 from training.validation import (
     cpcv_paths,
     cpcv_splits,
@@ -28,7 +32,11 @@ from training.validation import (
 __all__ = [
     "QUARANTINE_DAYS",
     "DatasetError",
+    "ModelMeta",
+    "ModelRecord",
+    "ModelRegistry",
     "QuarantineError",
+    "RegistryError",
     "TrajectoryDataset",
     "check_data_max",
     "check_range_end",

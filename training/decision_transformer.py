@@ -270,31 +270,40 @@ class DecisionTransformer(nn.Module):
         """Read a saved model; refuses (ModelLoadError) when the encoder weights do not
         hash to the recorded (or the expected) encoder hash, when the frozen flags are not
         (requires_grad False, training False), or when the whole file's hash differs."""
-        blob: dict[str, Any] = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != DT_FORMAT:
-            raise ModelLoadError(f"{path}: not a {DT_FORMAT} file")
-        flags = blob.get("flags", {})
-        if flags != {"encoder_requires_grad": False, "encoder_training": False}:
-            raise ModelLoadError(f"{path}: the encoder was not frozen when saved (flags {flags})")
-        encoder = FeatureEncoder(EncoderConfig(**blob["encoder_config"]))
-        prefix = "encoder."
-        state = blob["state_dict"]
-        encoder.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        )
-        got = weights_hash(encoder)
-        for name, want in (("recorded", blob["encoder_hash"]), ("expected", expected_encoder_hash)):
-            if want is not None and got != want:
-                raise ModelLoadError(
-                    f"{path}: frozen encoder weights hash {got} does not match the {name} "
-                    f"encoder hash {want}; refusing to load a modified encoder"
-                )
+        blob, encoder = load_frozen_blob(path, DT_FORMAT, expected_encoder_hash)
         model = cls(DTConfig(**blob["config"]), encoder)
-        model.load_state_dict(state)
+        model.load_state_dict(blob["state_dict"])
         model.eval()
         if weights_hash(model) != blob["weights_hash"]:
             raise ModelLoadError(f"{path}: model weights do not match the recorded weights hash")
         return model
 
 
-__all__ = ["DT_FORMAT", "DTConfig", "DecisionTransformer", "ModelLoadError"]
+def load_frozen_blob(
+    path: str | Path, fmt: str, expected_encoder_hash: str | None = None
+) -> tuple[dict[str, Any], FeatureEncoder]:
+    """Read a saved model over a frozen encoder (a Decision Transformer or its distilled
+    student): the file's blob and its encoder, after the refusals every such model makes:
+    another format, an encoder not frozen when saved (flags), encoder weights that do not
+    hash to the recorded (or the expected) encoder hash."""
+    blob: dict[str, Any] = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise ModelLoadError(f"{path}: not a {fmt} file")
+    flags = blob.get("flags", {})
+    if flags != {"encoder_requires_grad": False, "encoder_training": False}:
+        raise ModelLoadError(f"{path}: the encoder was not frozen when saved (flags {flags})")
+    encoder = FeatureEncoder(EncoderConfig(**blob["encoder_config"]))
+    prefix = "encoder."
+    state = blob["state_dict"]
+    encoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    got = weights_hash(encoder)
+    for name, want in (("recorded", blob["encoder_hash"]), ("expected", expected_encoder_hash)):
+        if want is not None and got != want:
+            raise ModelLoadError(
+                f"{path}: frozen encoder weights hash {got} does not match the {name} "
+                f"encoder hash {want}; refusing to load a modified encoder"
+            )
+    return blob, encoder
+
+
+__all__ = ["DT_FORMAT", "DTConfig", "DecisionTransformer", "ModelLoadError", "load_frozen_blob"]

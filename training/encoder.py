@@ -114,6 +114,9 @@ class _Block(nn.Module):
 class FeatureEncoder(nn.Module):
     """Transformer encoder over feature windows with its pre-training heads."""
 
+    norm_mean: torch.Tensor
+    norm_std: torch.Tensor
+
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
@@ -128,6 +131,23 @@ class FeatureEncoder(nn.Module):
         self.recon_head = nn.Linear(d, config.n_features)
         self.return_head = nn.Linear(d, 1)
         self.direction_head = nn.Linear(d, 3)
+        # input standardisation, fitted once before pre-training (set_normalisation) and
+        # frozen with the rest: part of the weights hash. Identity until fitted.
+        self.register_buffer("norm_mean", torch.zeros(config.n_features))
+        self.register_buffer("norm_std", torch.ones(config.n_features))
+
+    def set_normalisation(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Standardise inputs as ``(x - mean) / std`` (a std under 1e-9 counts as 1): raw
+        features span prices (~1e5) to imbalances (~1), which a linear input layer alone
+        cannot balance. Fit on the pre-training data's rows, before pre-training."""
+        m = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        sd = torch.as_tensor(np.asarray(std, dtype=np.float32))
+        if m.shape != (self.config.n_features,) or sd.shape != m.shape:
+            raise ValueError(f"normalisation needs {self.config.n_features} means and stds")
+        if not (torch.isfinite(m).all() and torch.isfinite(sd).all()):
+            raise ValueError("normalisation statistics must be finite")
+        self.norm_mean.copy_(m)
+        self.norm_std.copy_(torch.where(sd < 1e-9, torch.ones_like(sd), sd))
 
     @property
     def d_model(self) -> int:
@@ -143,6 +163,7 @@ class FeatureEncoder(nn.Module):
         w = states.shape[1]
         if w > self.config.window:
             raise ValueError(f"window {w} is longer than the encoder's {self.config.window}")
+        states = (states - self.norm_mean) / self.norm_std
         if row_mask is not None:
             states = torch.where(row_mask[..., None], self.mask_token.to(states.dtype), states)
         pos = torch.arange(w, device=states.device)
@@ -167,7 +188,8 @@ class FeatureEncoder(nn.Module):
         h = self.hidden(states, row_mask)
         recon = self.recon_head(h)
         m = row_mask[..., None].expand_as(states).to(states.dtype)
-        rec = ((recon - states) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+        target = (states - self.norm_mean) / self.norm_std  # in the standardised space
+        rec = ((recon - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
         last = h[:, -1]
         ret = F.mse_loss(self.return_head(last).squeeze(-1), next_return)
         dirl = F.cross_entropy(self.direction_head(last), direction)
