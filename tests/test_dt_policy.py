@@ -32,6 +32,7 @@ from strategies.dt_policy import (
     DTPolicyStrategy,
     MemberOutput,
     PolicyMember,
+    anchor_schedule,
     combine,
     feature_window,
 )
@@ -421,3 +422,65 @@ def test_decisions_journal_their_inputs_and_optionally_the_attention(models: Pat
         assert len(attn) == steps_in_context
         assert math.isclose(sum(attn), 1.0, abs_tol=1e-5)
     assert not any(k.startswith("attn.") for d in d_plain for k, _ in d.features)
+
+
+def test_anchored_context_matches_a_full_pass_over_its_window(models: Path) -> None:
+    """context: anchored reads, at episode step tau, the steps from its anchor: growing
+    to K steps, then restarting from the last K // 2; its key/value cache gives what a
+    full forward over exactly that window gives."""
+    events = market()
+    strat = build_strategy(params(models, context="anchored"))
+    assert isinstance(strat, DTPolicyStrategy)
+    (member,) = strat.members
+    k_len, half = member.context_len, member.context_len // 2
+    checked = []
+    original = strat._anchored
+
+    def check(i_member, m, emb):  # type: ignore[no-untyped-def]
+        h = original(i_member, m, emb)
+        st = strat._st
+        tau = st.ctx_timestep[-1]
+        a, restart = anchor_schedule(tau, k_len)
+        n = tau - a + 1
+        assert 1 <= n <= k_len and (restart is None or n > half)
+        batch = {
+            "state_emb": torch.stack(list(emb)[-n:])[None],
+            "returns_to_go": torch.tensor([st.ctx_rtg[-n:]], dtype=torch.float32),
+            "timesteps": torch.tensor([st.ctx_timestep[-n:]], dtype=torch.int64),
+            "actions_side": torch.tensor([st.ctx_side[-n:]], dtype=torch.int64),
+            "actions_size": torch.tensor([st.ctx_size[-n:]], dtype=torch.float32),
+            "actions_stop": torch.tensor([st.ctx_stop[-n:]], dtype=torch.float32),
+        }
+        full = m.model(batch)["side_logits"][0, -1]
+        assert torch.allclose(m.model.heads(h)["side_logits"], full, atol=1e-5)
+        checked.append(n)
+        return h
+
+    strat._anchored = check  # type: ignore[method-assign]
+    out, _ = run(strat, events)
+    assert len(checked) == 60
+    # episodes of 30 steps: lengths 1..K, then K/2+1..K again and again; by hand
+    cycle = list(range(half + 1, k_len + 1))
+    episode = (list(range(1, k_len + 1)) + cycle * 30)[:30]
+    assert checked == episode * 2
+    assert anchor_schedule(k_len, k_len) == (k_len - half, k_len)
+    decisions = [e for e in out if isinstance(e, Decision)]
+    assert len(decisions) == 60
+
+
+def test_anchored_context_is_deterministic_through_snapshot_restore(models: Path) -> None:
+    events = market()
+    p = params(models, context="anchored")
+    whole, _ = run(build_strategy(p), events)
+    again, _ = run(build_strategy(p), events)
+    assert whole == again
+    eng = Engine(EngineConfig(), [INST], build_strategy(p), seed=1, latency=INSTANT)
+    out = list(eng.start())
+    for ev in events[:170]:
+        out += eng.apply(ev)
+    snap = eng.snapshot()
+    eng2 = Engine(EngineConfig(), [INST], build_strategy(p), seed=1, latency=INSTANT)
+    eng2.restore(snap)
+    for ev in events[170:]:
+        out += eng2.apply(ev)
+    assert out == whole  # the caches are rebuilt by replaying their steps: bit-identical

@@ -113,6 +113,22 @@ class Block(nn.Module):
         return out
 
 
+class KVCache:
+    """Keys and values ``[1, H, T, d_head]`` per block of one token sequence, for
+    :meth:`DecisionTransformer.extend`; ``truncate`` drops the newest tokens."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.length = 0
+
+    def truncate(self, n_tokens: int) -> None:
+        for i, (k, v) in enumerate(zip(self.k, self.v, strict=True)):
+            if k is not None and v is not None:
+                self.k[i], self.v[i] = k[:, :, :n_tokens], v[:, :, :n_tokens]
+        self.length = min(self.length, n_tokens)
+
+
 class DecisionTransformer(nn.Module):
     """``forward(batch)`` -> dict of ``side_logits [B,K,3]``, ``size [B,K]``, ``stop [B,K]``,
     ``risk_logit [B,K]``. A batch is a dict of tensors: ``states [B,K,W,F]`` float32 (or
@@ -196,13 +212,43 @@ class DecisionTransformer(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        h = self.ln_f(x)[:, 1::3]  # the state tokens
+        return self.heads(self.ln_f(x)[:, 1::3])  # the state tokens
+
+    def heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output heads over final hidden states ``[..., d]``."""
         return {
             "side_logits": self.head_side(h),
             "size": torch.sigmoid(self.head_size(h).squeeze(-1)),
             "stop": F.softplus(self.head_stop(h).squeeze(-1)) / STOP_SCALE,
             "risk_logit": self.head_risk(h).squeeze(-1),
         }
+
+    @torch.no_grad()
+    def extend(self, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens [1, n, d]`` (from :meth:`tokens`) to one cached sequence and
+        return their final hidden states ``[1, n, d]`` (after ``ln_f``): exactly what a
+        full forward over the cached tokens and these gives at these positions, up to
+        float rounding, at the cost of the n new tokens only (eval mode)."""
+        x = tokens
+        past = cache.length
+        n = x.shape[1]
+        mask = None
+        if n > 1:  # causal among the new tokens; every cached token is visible
+            mask = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(past)
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, Block)
+            q, k, v = block.attn._heads(block.ln1(x))
+            ck, cv = cache.k[i], cache.v[i]
+            if ck is not None and cv is not None:
+                k = torch.cat([ck, k], dim=2)
+                v = torch.cat([cv, v], dim=2)
+            cache.k[i], cache.v[i] = k, v
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + block.attn.proj(y.transpose(1, 2).reshape(1, n, -1))
+            x = x + block.mlp(block.ln2(x))
+        cache.length = past + n
+        out: torch.Tensor = self.ln_f(x)
+        return out
 
     def loss(
         self, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor] | None = None
@@ -306,4 +352,11 @@ def load_frozen_blob(
     return blob, encoder
 
 
-__all__ = ["DT_FORMAT", "DTConfig", "DecisionTransformer", "ModelLoadError", "load_frozen_blob"]
+__all__ = [
+    "DT_FORMAT",
+    "DTConfig",
+    "DecisionTransformer",
+    "KVCache",
+    "ModelLoadError",
+    "load_frozen_blob",
+]
