@@ -11,8 +11,8 @@ session being traded now and for one replayed last week:
   open positions with unrealised P&L, exposure by asset, the circuit-breaker state,
   model metrics (decision confidence, prediction accuracy, feature association with
   the decisions, attention weights where a model journals them), connectivity per
-  exchange-symbol (the ``md.*`` streams), system resources and the alert feed (the
-  session's ``Alert`` events and the runner's ``sys.ALERTS``).
+  exchange-symbol (``sys.CONNECTIVITY`` and the ``md.*`` streams), system resources
+  and the alert feed (the session's ``Alert`` events and the runner's ``sys.ALERTS``).
 * :func:`create_app` serves the page (``dashboard_static/``), ``/api/state`` (the whole
   state as JSON) and ``/api/stream``: server-sent events, one ``state`` message each
   time the journal has something new (checked every ``poll_s``), so a new event shows
@@ -75,6 +75,7 @@ from kernel.instruments import InstrumentError, InstrumentRegistry
 from kernel.metrics import annualisation_periods, profit_factor, sharpe, win_rate
 
 STATIC = Path(__file__).with_name("dashboard_static")
+CONNECTIVITY_STREAM = "sys.CONNECTIVITY"
 MONEY = 10**MONEY_DECIMALS
 _MS = 1_000_000
 _S = 1_000_000_000
@@ -189,6 +190,7 @@ class SessionView:
     attention: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5))
     alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
     alerts_seq: int = 0
+    conn_seq: int = 0
     streams: dict[str, _Stream] = field(default_factory=dict)
     fills: int = 0
     writes: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=20))
@@ -394,14 +396,22 @@ class SessionView:
 
     def _poll_streams(self) -> bool:
         changed = False
+        # the collectors' Connectivity events (journal_tools/record.py, live.py)
+        for rec in self.journal.read(CONNECTIVITY_STREAM, from_seq=self.conn_seq + 1):
+            self.conn_seq = rec.seq
+            ev = decode(rec.payload)
+            if isinstance(ev, Connectivity):
+                st = self.streams.setdefault(f"md.{ev.exchange}.{ev.symbol}", _Stream())
+                st.status, st.reason = ev.status, ev.reason
+                changed = True
         for info in self.journal.streams():
             name = info.stream
             if not name.startswith("md."):
                 continue
-            st = self.streams.get(name)
-            if st is None:
-                st = self.streams[name] = _Stream(seq=max(0, info.last_seq - 5000))
-            if info.last_seq == st.seq:
+            st = self.streams.setdefault(name, _Stream())
+            if not st.count:  # first look: only the tail of a long stream
+                st.seq = max(st.seq, info.last_seq - 5000)
+            if info.last_seq == st.seq and st.count == info.count:
                 continue
             changed = True
             st.count, st.last_ts = info.count, info.last_ts

@@ -27,6 +27,7 @@ from journal_tools.projections import load_session, trade_history
 from kernel.config import canonical_json
 from kernel.events import (
     Alert,
+    Connectivity,
     Decision,
     Event,
     Features,
@@ -229,9 +230,21 @@ def test_alert_feed_breaker_and_system_alerts() -> None:
         ],
     )
     journal.append(ALERTS_STREAM, [Alert(t + S, t + S, "critical", "journal_error", "disk")])
+    journal.append(
+        "sys.CONNECTIVITY", [Connectivity(t, t, "KRAKEN", "BTC-USD", "down", "ws closed")]
+    )
     view = SessionView(journal, "al")
     view.poll()
     st = view.state()
+    assert st["connectivity"] == [
+        {
+            "stream": "KRAKEN.BTC-USD",
+            "status": "down",
+            "reason": "ws closed",
+            "events": 0,
+            "last_event_age_s": None,
+        }
+    ]
     assert st["alerts"] == [
         {"ts": (t + S) // 1_000_000, "severity": "critical", "rule": "journal_error",
          "message": "disk", "source": "system"},
